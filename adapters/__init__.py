@@ -1,0 +1,1 @@
+"""Dataset adapters: every benchmark read as released, converted to one ``Sample`` type."""

@@ -1,0 +1,1 @@
+"""OOD scoring methods (MSP, energy, ODIN, Mahalanobis, RPL, ...)."""

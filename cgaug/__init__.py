@@ -1,0 +1,1 @@
+"""CG-Aug: coherent generative augmentation and two-stage noise-aware training."""

@@ -1,0 +1,1 @@
+"""Metric engine: pixel OOD metrics, segmentation metrics and SMIYC component metrics."""

@@ -1,0 +1,1 @@
+"""Segmentation models, checkpoint I/O and inference."""
