@@ -69,3 +69,16 @@ def test_cli_version_and_help():
     assert result.exit_code == 0 and "0.1.0" in result.output
     result = runner.invoke(main, ["--help"])
     assert result.exit_code == 0 and "oodbench" in result.output
+
+
+def test_atomic_files_get_umask_permissions(tmp_path):
+    umask = os.umask(0o022)
+    try:
+        with atomic_write(tmp_path / "a.bin") as handle:
+            handle.write(b"x")
+        with atomic_path(tmp_path / "b.txt") as tmp:
+            tmp.write_text("y")
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "a.bin").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "b.txt").stat().st_mode & 0o777 == 0o644

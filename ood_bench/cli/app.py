@@ -13,7 +13,15 @@ from ..errors import OodBenchError
 # plus its own module, which keeps ``oodbench --help`` fast: torch is imported only by commands
 # that need it.
 COMMANDS: dict[str, str] = {
+    "check": "check:check",
+    "datasets": "datasets:datasets",
+    "eval": "eval:evaluate",
+    "export": "export:export",
     "metrics": "metrics:metrics",
+    "run": "run:run",
+    "plot": "plot:plot",
+    "table": "table:table",
+    "train": "train:train",
 }
 
 

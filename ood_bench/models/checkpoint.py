@@ -1,0 +1,185 @@
+"""Checkpoint I/O: read ``.pth``/``.pt``/``.safetensors`` state dicts safely, load them strictly
+with readable errors, and save as safetensors.
+
+``.pth``/``.pt`` files are read with ``torch.load(weights_only=True)`` — no pickled code is ever
+run. The only non-torch types allowed are numpy scalars, dtypes and arrays, because training
+scripts (NVIDIA's included) store metrics such as ``mean_iu`` as numpy values next to the weights.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ood_bench.errors import DataNotFoundError, OodBenchError
+from ood_bench.io import atomic_path
+
+from .base import create_model
+
+CHECKPOINT_SUFFIXES = (".pth", ".pt", ".safetensors")
+WRAPPER_KEYS = ("state_dict", "model")
+PREFIXES = ("module.", "model.")
+
+
+def _numpy_safe_globals() -> list[Any]:
+    """numpy reconstructors, under both their numpy-2 and numpy-1 module names."""
+    multiarray = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray
+    allowed: list[Any] = [np.dtype, np.ndarray, multiarray.scalar, multiarray._reconstruct]
+    for fn in (multiarray.scalar, multiarray._reconstruct):
+        for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
+            allowed.append((fn, f"{module}.{fn.__name__}"))
+    allowed += [type(np.dtype(c)) for c in "?bBhHiIlLqQefdgFDG"]
+    return allowed
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The tensors of a checkpoint file, unwrapped and with ``module.``/``model.`` stripped.
+
+    Accepts a plain state dict or one wrapped as ``{"state_dict": ...}`` / ``{"model": ...}``
+    (other entries such as ``epoch`` or ``optimizer`` are ignored).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataNotFoundError(f"checkpoint not found: {path}")
+    suffix = path.suffix.lower()
+    if suffix not in CHECKPOINT_SUFFIXES:
+        raise OodBenchError(
+            f"cannot read checkpoint {path}: expected one of {', '.join(CHECKPOINT_SUFFIXES)}"
+        )
+    try:
+        if suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            obj: Any = load_file(str(path))
+        else:
+            with torch.serialization.safe_globals(_numpy_safe_globals()):
+                obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # corrupt file, or pickled objects that are not plain data
+        raise OodBenchError(f"cannot read checkpoint {path}: {err}") from err
+    return _unwrap(obj, path)
+
+
+def _unwrap(obj: Any, path: Path) -> dict[str, torch.Tensor]:
+    if isinstance(obj, Mapping):
+        for key in WRAPPER_KEYS:
+            if isinstance(obj.get(key), Mapping):
+                obj = obj[key]
+                break
+    if not isinstance(obj, Mapping) or not obj:
+        raise OodBenchError(f"checkpoint {path} holds no state dict (got {type(obj).__name__})")
+    tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if len(tensors) != len(obj):
+        bad = sorted(k for k in obj if k not in tensors)[:5]
+        raise OodBenchError(f"checkpoint {path}: state dict entries that are not tensors: {bad}")
+    return strip_prefixes(tensors)
+
+
+def strip_prefixes(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Drop a ``module.`` (DataParallel) or ``model.`` prefix shared by every key, repeatedly."""
+    state = dict(state)
+    changed = True
+    while changed:
+        changed = False
+        for prefix in PREFIXES:
+            if state and all(k.startswith(prefix) for k in state):
+                state = {k[len(prefix) :]: v for k, v in state.items()}
+                changed = True
+    return state
+
+
+def mismatch_report(
+    model: nn.Module, state: Mapping[str, torch.Tensor]
+) -> tuple[list[str], list[str], list[tuple[str, tuple, tuple]]]:
+    """``(missing, unexpected, shape_mismatches)`` of ``state`` against ``model.state_dict()``."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [
+        (k, tuple(expected[k].shape), tuple(state[k].shape))
+        for k in expected
+        if k in state and expected[k].shape != state[k].shape
+    ]
+    return missing, unexpected, shapes
+
+
+def _format_table(
+    missing: list[str],
+    unexpected: list[str],
+    shapes: list[tuple[str, tuple, tuple]],
+    limit: int = 20,
+) -> str:
+    rows = [("missing", k, "") for k in missing]
+    rows += [("unexpected", k, "") for k in unexpected]
+    rows += [("shape", k, f"model {m} vs checkpoint {c}") for k, m, c in shapes]
+    shown = rows[:limit]
+    width = max(len(k) for _, k, _ in shown)
+    lines = [f"  {kind:<10}  {key:<{width}}  {detail}".rstrip() for kind, key, detail in shown]
+    if len(rows) > limit:
+        lines.append(f"  ... and {len(rows) - limit} more")
+    return "\n".join(lines)
+
+
+def load_checkpoint(
+    model: nn.Module,
+    checkpoint: str | os.PathLike | Mapping[str, torch.Tensor],
+    strict: bool = True,
+) -> tuple[list[str], list[str]]:
+    """Load a checkpoint file (or state dict) into ``model``; return ``(missing, unexpected)``.
+
+    With ``strict=True`` (default) any missing or unexpected key, and always any shape mismatch,
+    raises :class:`OodBenchError` with a table of the offending keys and the file name.
+    """
+    name = "state dict" if isinstance(checkpoint, Mapping) else f"checkpoint {checkpoint}"
+    state = (
+        strip_prefixes(checkpoint)
+        if isinstance(checkpoint, Mapping)
+        else read_state_dict(checkpoint)
+    )
+    missing, unexpected, shapes = mismatch_report(model, state)
+    if shapes or (strict and (missing or unexpected)):
+        counts = f"{len(missing)} missing, {len(unexpected)} unexpected, {len(shapes)} wrong shape"
+        hint = ""
+        if "ood_head.weight" in missing:
+            hint = "\n(the checkpoint has no ood_head: build the model with ood_head=False)"
+        elif "ood_head.weight" in unexpected:
+            hint = "\n(the checkpoint has an ood_head: build the model with ood_head=True)"
+        raise OodBenchError(
+            f"{name} does not match {type(model).__name__} ({counts}):\n"
+            f"{_format_table(missing, unexpected, shapes)}{hint}"
+        )
+    model.load_state_dict(state, strict=False)
+    return missing, unexpected
+
+
+def save_checkpoint(
+    model_or_state: nn.Module | Mapping[str, torch.Tensor], path: str | os.PathLike
+) -> Path:
+    """Write a state dict as ``.safetensors`` atomically; return the path."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    if path.suffix.lower() != ".safetensors":
+        raise OodBenchError(
+            f"save_checkpoint writes safetensors; name the file *.safetensors: {path}"
+        )
+    state = model_or_state.state_dict() if isinstance(model_or_state, nn.Module) else model_or_state
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    with atomic_path(path, suffix=".safetensors") as tmp:
+        save_file(tensors, str(tmp))
+    return path
+
+
+def load_model(
+    name: str, checkpoint: str | os.PathLike | None = None, strict: bool = True, **kwargs: Any
+) -> nn.Module:
+    """``create_model(name, **kwargs)``, load ``checkpoint`` into it (if given), ``eval()`` it."""
+    model = create_model(name, **kwargs)
+    if checkpoint is not None:
+        load_checkpoint(model, checkpoint, strict=strict)
+    return model.eval()

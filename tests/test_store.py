@@ -1,0 +1,216 @@
+"""The score store: journal → HDF5 commit, crash leftovers, locking, config checks, export."""
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+
+from ood_bench.errors import DataNotFoundError, OodBenchError
+from ood_bench.export import export_smiyc, smiyc_folder
+from ood_bench.store import (
+    ScoreStore,
+    StoredFrame,
+    StoreLockedError,
+    StoreMismatchError,
+    cast_scores,
+    content_hash,
+    verify_store,
+)
+
+CONFIG = {"model": {"name": "m"}, "method": {"name": "msp"},
+          "dataset": {"name": "smiyc-ra21-val", "options": {}}, "seed": 0,
+          "store_dtype": "float32"}
+
+
+def make_frame(index, shape=(6, 8), labelled=True):
+    rng = np.random.default_rng(index)
+    ood = (rng.random(shape) < 0.3).astype(np.uint8)
+    ood[0] = 255
+    return StoredFrame(
+        index=index, name=f"validation{index:04d}",
+        score=rng.normal(size=shape).astype(np.float32),
+        prediction=rng.integers(0, 19, shape).astype(np.uint8),
+        ood=ood if labelled else None,
+        semantic=rng.integers(0, 19, shape).astype(np.uint8) if labelled else None,
+        domain="fog" if index % 2 else None,
+    )
+
+
+def fill(store, frames, dtype="float32", config=CONFIG, frames_total=10):
+    with store.locked():
+        store.prepare(config, frames_total, dtype)
+        store.write_frames(frames)
+        store.commit()
+
+
+def assert_same(a: StoredFrame, b: StoredFrame):
+    assert (a.index, a.name, a.domain) == (b.index, b.name, b.domain)
+    for key in ("score", "prediction", "ood", "semantic"):
+        x, y = getattr(a, key), getattr(b, key)
+        assert (x is None) == (y is None)
+        if x is not None:
+            assert x.dtype == y.dtype and np.array_equal(x, y)
+
+
+def test_commit_round_trip_layout_and_attributes(tmp_path):
+    store = ScoreStore(tmp_path / "s.h5")
+    frames = [make_frame(i, labelled=i != 2) for i in range(4)]
+    fill(store, frames)
+    assert not store.journal.exists()
+    for want, got in zip(frames, store.read_frames(range(4)), strict=True):
+        assert_same(want, got)
+    with h5py.File(store.path, "r") as h5:  # the documented layout, read with plain h5py
+        assert json.loads(h5.attrs["config"]) == CONFIG
+        assert h5.attrs["dataset_frames"] == 10 and h5.attrs["n_frames"] == 4
+        assert h5.attrs["metric_spec_version"] == "1" and h5.attrs["package_version"]
+        group = h5["frames/000001"]
+        assert group["score"].dtype == np.float32 and group["prediction"].dtype == np.uint8
+        assert group.attrs["name"] == "validation0001" and group.attrs["domain"] == "fog"
+        assert "ood" not in h5["frames/000002"]
+        assert h5.attrs["content_hash"] == content_hash(f.digest() for f in frames)
+    assert verify_store(store) == []
+    with h5py.File(store.path, "r+") as h5:  # damage one score value
+        h5["frames/000003/score"][0, 0] += 1
+    assert verify_store(store) == ["frame 000003 (validation0003) does not match its sha256"]
+
+
+def test_resume_adds_frames_and_content_hash_is_order_free(tmp_path):
+    frames = [make_frame(i) for i in range(5)]
+    one = ScoreStore(tmp_path / "one.h5")
+    fill(one, frames)
+    two = ScoreStore(tmp_path / "two.h5")
+    fill(two, [frames[3], frames[0]])
+    fill(two, [frames[4], frames[1], frames[2]])
+    assert two.committed_indices() == set(range(5))
+    assert two.header()["content_hash"] == one.header()["content_hash"]
+
+
+def test_float16_store_is_compressed_and_refuses_overflow(tmp_path):
+    store = ScoreStore(tmp_path / "h.h5")
+    frame = make_frame(0)
+    frame.score = cast_scores(frame.score, "float16", frame.name)
+    fill(store, [frame], dtype="float16", config={**CONFIG, "store_dtype": "float16"})
+    with h5py.File(store.path, "r") as h5:
+        score = h5["frames/000000/score"]
+        assert score.dtype == np.float16 and score.compression == "gzip"
+    with pytest.raises(OodBenchError, match="overflow float16"):
+        cast_scores(np.array([1e6], np.float32), "float16", "f")
+
+
+def test_journal_frames_survive_and_count_as_finished(tmp_path):
+    """A run killed before its commit leaves complete journal files only; they are reused."""
+    store = ScoreStore(tmp_path / "s.h5")
+    with store.locked():
+        store.prepare(CONFIG, 10, "float32")
+        store.write_frames([make_frame(0), make_frame(1)])
+    # what a kill -9 mid-write leaves: temporaries beside the store and in the journal
+    (store.journal / ".000002-000003.npz.abc.tmp.npz").write_bytes(b"partial")
+    (tmp_path / ".s.h5.xyz.tmp.h5").write_bytes(b"partial hdf5")
+    assert store.finished_indices() == {0, 1}
+    with store.locked():  # taking the lock removes the leftovers
+        assert not list(tmp_path.glob(".*tmp*")) and not list(store.journal.glob(".*"))
+        store.prepare(CONFIG, 10, "float32")
+        store.commit()
+    assert store.committed_indices() == {0, 1}
+
+
+def test_failed_commit_keeps_the_old_store_and_the_journal(tmp_path, monkeypatch):
+    import ood_bench.store as module
+
+    store = ScoreStore(tmp_path / "s.h5")
+    fill(store, [make_frame(0)])
+    before = store.path.read_bytes()
+    with store.locked():
+        store.prepare(CONFIG, 10, "float32")
+        store.write_frames([make_frame(1)])
+        store.write_frames([make_frame(2)])
+        calls = []
+
+        def crash_on_second(frames, frame, dtype):
+            calls.append(frame.index)
+            if len(calls) == 2:
+                raise RuntimeError("disk full")
+            return original(frames, frame, dtype)
+
+        original = module._write_frame
+        monkeypatch.setattr(module, "_write_frame", crash_on_second)
+        with pytest.raises(RuntimeError):
+            store.commit()
+        monkeypatch.setattr(module, "_write_frame", original)
+        assert store.path.read_bytes() == before
+        assert store.journal_indices() == {1, 2}
+        store.commit()
+    assert store.committed_indices() == {0, 1, 2}
+
+
+def test_frame_in_store_and_journal_is_not_duplicated(tmp_path):
+    """Killed between the rename and the journal cleanup: the journal copy is skipped."""
+    store = ScoreStore(tmp_path / "s.h5")
+    fill(store, [make_frame(0)])
+    with store.locked():
+        store.prepare(CONFIG, 10, "float32")
+        store.write_frames([make_frame(0), make_frame(1)])
+        assert store.commit() == 1
+    with h5py.File(store.path, "r") as h5:
+        assert sorted(h5["frames"]) == ["000000", "000001"] and h5.attrs["n_frames"] == 2
+
+
+def test_second_writer_is_refused(tmp_path):
+    store = ScoreStore(tmp_path / "s.h5")
+    with store.locked():
+        with pytest.raises(StoreLockedError, match="in use by another oodbench run"):
+            with ScoreStore(tmp_path / "s.h5").locked():
+                pass
+    with ScoreStore(tmp_path / "s.h5").locked():  # released afterwards
+        pass
+
+
+@pytest.mark.parametrize("change", ["config", "frames", "dtype"])
+def test_mismatched_configuration_is_refused(tmp_path, change):
+    store = ScoreStore(tmp_path / "s.h5")
+    fill(store, [make_frame(0)])
+    config = {**CONFIG, "method": {"name": "msp", "smoothing": True}}
+    args = {"config": (config, 10, "float32"), "frames": (CONFIG, 11, "float32"),
+            "dtype": (CONFIG, 10, "float16")}[change]
+    with store.locked(), pytest.raises(StoreMismatchError, match="another configuration"):
+        store.prepare(*args)
+
+
+def test_mismatch_against_uncommitted_journal(tmp_path):
+    store = ScoreStore(tmp_path / "s.h5")
+    with store.locked():
+        store.prepare(CONFIG, 10, "float32")
+        store.write_frames([make_frame(0)])
+    with store.locked(), pytest.raises(StoreMismatchError, match="seed: store has 0, this run 1"):
+        store.prepare({**CONFIG, "seed": 1}, 10, "float32")
+
+
+def test_unreadable_and_missing_stores(tmp_path):
+    bad = tmp_path / "bad.h5"
+    bad.write_bytes(b"not hdf5 at all")
+    with pytest.raises(OodBenchError, match="not a readable HDF5 file"):
+        ScoreStore(bad).header()
+    with h5py.File(tmp_path / "other.h5", "w") as h5:
+        h5["x"] = 1
+    with pytest.raises(OodBenchError, match="not an oodbench score store"):
+        ScoreStore(tmp_path / "other.h5").header()
+    with pytest.raises(DataNotFoundError):
+        list(ScoreStore(tmp_path / "none.h5").read_frames([0]))
+
+
+def test_export_smiyc_layout(tmp_path):
+    store = ScoreStore(tmp_path / "s.h5")
+    frames = [make_frame(i) for i in range(3)]
+    fill(store, frames)
+    folder = export_smiyc(store.path, tmp_path / "out")
+    assert folder == tmp_path / "out" / "msp" / "AnomalyTrack-all"
+    assert sorted(p.name for p in folder.iterdir()) == [f"{f.name}.hdf5" for f in frames]
+    with h5py.File(folder / "validation0001.hdf5", "r") as h5:  # what the toolkit reads
+        assert list(h5) == ["value"] and not dict(h5.attrs)
+        value = h5["value"]
+        assert value.dtype == np.float16 and value.compression == "gzip"
+        assert value.compression_opts == 9
+        np.testing.assert_array_equal(value[()], frames[1].score.astype(np.float16))
+    assert smiyc_folder("smiyc-ro21-test") == "ObstacleTrack-all"
+    assert smiyc_folder("synth-roadanomaly") == "synth-roadanomaly"
