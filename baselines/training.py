@@ -388,19 +388,10 @@ class TrainingRun:
     @contextlib.contextmanager
     def _progress(self, dist: distributed.Dist, start: int):
         """Yield ``advance(loss, terms, images)``; a rich bar on rank 0 when progress is on."""
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
+        from ood_bench.progress import progress_bar
 
-        columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn())
         enabled = self.settings.progress and dist.is_main
-        with Progress(*columns, disable=not enabled, transient=False) as progress:
+        with progress_bar(disable=not enabled) as progress:
             task = progress.add_task(f"train {self.key_config['method']}", completed=start,
                                      total=self.settings.steps, info="")
             began, images = time.perf_counter(), 0

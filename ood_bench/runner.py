@@ -3,8 +3,9 @@
 :func:`run_grid` runs every (method, dataset) pair of a grid with one model; :func:`run_one` runs
 one pair; :func:`evaluate_store` recomputes the metrics of a finished store without the model
 (``oodbench eval``). A run is resumable: frames already in the store (or its journal) are skipped,
-and the metrics are always computed from the store, so an interrupted-and-resumed run, a run
-sharded over K processes and ``oodbench eval`` all give the same numbers, bit for bit.
+and the metrics are always computed from the stored frames (as they are written, or read back
+from the store), so an interrupted-and-resumed run, a run sharded over K processes and
+``oodbench eval`` all give the same numbers, bit for bit.
 
 Scoring: frames are scored in fixed batches ``[0, B), [B, 2B), ...`` (``B`` = batch size); a
 resumed run rescores the whole batch of a missing frame and a distributed run gives rank r the
@@ -13,10 +14,11 @@ uninterrupted one-process run (bit-identical scores, given the same per-process 
 CPU kernels split work by thread count; torchrun sets ``OMP_NUM_THREADS=1``).
 
 Metric pass: the evaluated frames are cut into fixed chunks of :data:`CHUNK_FRAMES` consecutive
-frames; each chunk's metric state is built frame by frame, and the chunk states are merged in
-chunk order. Chunks are spread over the ranks of a distributed run (rank r takes chunks
-r, r + K, ...) and their states gathered, so the merge order, and hence every floating-point
-sum and every binned-histogram re-layout, is the same for any number of processes.
+frames; each chunk's metric state is built frame by frame (while scoring when the process
+scored the whole chunk, else from the store), and the chunk states are merged in chunk order.
+Chunks are spread over the ranks of a distributed run (rank r takes chunks r, r + K, ...) and
+their states gathered, so the merge order, and hence every floating-point sum and every
+binned-histogram re-layout, is the same for any number of processes.
 """
 
 from __future__ import annotations

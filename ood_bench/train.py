@@ -226,17 +226,9 @@ def train(
     config: TrainConfig, *, retrain: bool = False, console=None, command: str | None = None
 ) -> TrainResult:
     """Train ``config`` (or load its cached weights unless ``retrain``); show rich progress."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
     from ood_bench.adapters import get_dataset
     from ood_bench.models.checkpoint import save_checkpoint
+    from ood_bench.progress import progress_bar
 
     weights, record_path = checkpoint_paths(config)
     if weights.exists() and record_path.exists() and not retrain:
@@ -245,11 +237,7 @@ def train(
 
     dataset = get_dataset(config.dataset, **config.dataset_options)
     started = time.perf_counter()
-    columns = (
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-    )  # fmt: skip
-    with Progress(*columns, console=console) as progress:
+    with progress_bar(console=console) as progress:
         render = progress.add_task("render frames", total=len(dataset), info="")
         images, labels = load_frames(dataset, lambda k: progress.advance(render, k))
         fit_task = progress.add_task("train", total=config.steps, info="")

@@ -13,6 +13,7 @@ from ..errors import OodBenchError
 # plus its own module, which keeps ``oodbench --help`` fast: torch is imported only by commands
 # that need it.
 COMMANDS: dict[str, str] = {
+    "augment": "augment:augment",
     "check": "check:check",
     "datasets": "datasets:datasets",
     "eval": "eval:evaluate",
