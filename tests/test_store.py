@@ -214,3 +214,53 @@ def test_export_smiyc_layout(tmp_path):
         np.testing.assert_array_equal(value[()], frames[1].score.astype(np.float16))
     assert smiyc_folder("smiyc-ro21-test") == "ObstacleTrack-all"
     assert smiyc_folder("synth-roadanomaly") == "synth-roadanomaly"
+
+
+def test_journal_batch_of_mixed_shapes_and_labels_reads_back_exactly(tmp_path):
+    """One journal file packs each map kind back to back; frames of other sizes and frames
+    without labels in the same batch come back unchanged (same arrays, dtypes, digests)."""
+    store = ScoreStore(tmp_path / "j.h5")
+    frames = [make_frame(0), make_frame(1, shape=(3, 5), labelled=False),
+              make_frame(2, shape=(4, 2)), make_frame(3, labelled=False)]
+    with store.locked():
+        store.prepare(CONFIG, 10, "float32")
+        store.write_frames(frames)
+        (journal_file,) = store._journal_files()
+        with np.load(journal_file) as data:  # a handful of members, not four per frame
+            assert data["score"].shape == (6 * 8 + 3 * 5 + 4 * 2 + 6 * 8,)
+            assert data["ood"].shape == (6 * 8 + 4 * 2,)
+            assert data["ood_present"].tolist() == [True, False, True, False]
+        for want, got in zip(frames, store._read_journal(journal_file), strict=True):
+            assert_same(want, got)
+            assert got.digest() == want.digest()
+        unlabelled = [make_frame(4, labelled=False)]
+        store.write_frames(unlabelled)  # no label maps at all in a batch
+        assert store._read_journal(store._journal_files()[-1])[0].ood is None
+
+
+def test_journal_refuses_a_batch_mixing_score_dtypes(tmp_path):
+    store = ScoreStore(tmp_path / "m.h5")
+    half = make_frame(1)
+    half.score = half.score.astype(np.float16)
+    with store.locked():
+        store.prepare(CONFIG, 10, "float32")
+        with pytest.raises(OodBenchError, match="several dtypes"):
+            store.write_frames([make_frame(0), half])
+
+
+def test_plain_maps_are_the_same_hdf5_datasets_as_create_dataset(tmp_path):
+    """Small uncompressed maps are written with h5py's low-level calls: the dataset must be
+    what ``create_dataset`` makes (contiguous, uncompressed, same dtype, shape and values)."""
+    store = ScoreStore(tmp_path / "p.h5")
+    frame = make_frame(0)
+    fill(store, [frame])
+    with h5py.File(tmp_path / "reference.h5", "w") as h5:
+        h5.create_dataset("score", data=frame.score)
+    with h5py.File(store.path, "r") as h5, h5py.File(tmp_path / "reference.h5", "r") as ref:
+        ours, theirs = h5["frames/000000/score"], ref["score"]
+        for get in (lambda d: (d.dtype, d.shape, d.chunks, d.compression, d.fillvalue),
+                    lambda d: d.id.get_create_plist().get_layout(),
+                    lambda d: d.id.get_create_plist().get_fill_time(),
+                    lambda d: d.id.get_create_plist().get_alloc_time()):
+            assert get(ours) == get(theirs)
+        np.testing.assert_array_equal(ours[()], frame.score)
