@@ -38,6 +38,22 @@ from ood_bench.errors import DataNotFoundError, OodBenchError
 RPL_SCALES = (0.25, 0.5, 0.5, 0.75, 0.1, 0.125)
 
 
+@dataclass(frozen=True)
+class OutlierRecipe:
+    """The schedule every outlier-exposure training recipe shares; methods extend it."""
+
+    steps: int
+    batch_size: int
+    crop: tuple[int, int] | None
+    lr: float
+    outlier_scales: tuple[float, ...] = RPL_SCALES
+
+
+def inlier_mask(label):
+    """Pixels that are neither pasted outliers (254) nor void (255): the inlier set."""
+    return (label != OUTLIER_EXPOSURE) & (label != VOID)
+
+
 @dataclass
 class OutlierImage:
     """A source image (uint8 H×W×3) and its label map: 254 on objects, 0 elsewhere."""

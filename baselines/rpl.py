@@ -36,14 +36,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ood_bench.adapters.base import OUTLIER_EXPOSURE, VOID
+from ood_bench.adapters.base import OUTLIER_EXPOSURE
 from ood_bench.errors import OodBenchError
 from ood_bench.models.base import SegOutput
 from ood_bench.models.deeplab import ASPP, DeepLabV3Plus, init_decoder_weights, upsample
 from ood_bench.models.inference import normalize_images
 
 from .base import Method, model_fingerprint, register_method
-from .outlier_exposure import RPL_SCALES, OutlierSource, default_outliers, outlier_identity
+from .outlier_exposure import (
+    OutlierRecipe,
+    OutlierSource,
+    default_outliers,
+    inlier_mask,
+    outlier_identity,
+)
 from .posthoc import energy_score
 from .training import (
     LoopSettings,
@@ -60,15 +66,10 @@ from .training import (
 
 
 @dataclass(frozen=True)
-class RPLRecipe:
+class RPLRecipe(OutlierRecipe):
     """What RPL training learns from: schedule, crop, outlier exposure and loss weights."""
 
-    steps: int
-    batch_size: int
-    crop: tuple[int, int] | None
-    lr: float
     residual_lr_factor: float = 10.0
-    outlier_scales: tuple[float, ...] = RPL_SCALES
     energy_weight: float = 0.05
     corocl_weight: float = 1.0
     temperature: float = 0.1
@@ -97,7 +98,7 @@ def softmax_entropy(logits: torch.Tensor) -> torch.Tensor:
 def inlier_losses(residual_logits: torch.Tensor, vanilla_logits: torch.Tensor,
                   label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(CE to the frozen model's argmax, MSE of entropies), averaged over inlier pixels."""
-    inlier = (label != OUTLIER_EXPOSURE) & (label != VOID)
+    inlier = inlier_mask(label)
     pseudo = vanilla_logits.argmax(1)
     ce = F.cross_entropy(residual_logits, pseudo, reduction="none")
     mse = (softmax_entropy(residual_logits) - softmax_entropy(vanilla_logits)).square()
@@ -154,7 +155,7 @@ def sample_contrast_pixels(projections: torch.Tensor, labels: torch.Tensor, fram
     groups = []
     for embeddings, label in halves:
         groups.append(embeddings[label == OUTLIER_EXPOSURE])
-        groups.append(embeddings[(label != OUTLIER_EXPOSURE) & (label != VOID)])
+        groups.append(embeddings[inlier_mask(label)])
     n = min(max_samples, *(len(g) for g in groups))
     if n == 0:
         return None

@@ -40,7 +40,13 @@ from ood_bench.models.base import SegOutput
 from ood_bench.models.inference import normalize_images
 
 from .base import Method, model_fingerprint, register_method
-from .outlier_exposure import RPL_SCALES, OutlierSource, default_outliers, outlier_identity
+from .outlier_exposure import (
+    OutlierRecipe,
+    OutlierSource,
+    default_outliers,
+    inlier_mask,
+    outlier_identity,
+)
 from .posthoc import energy_score
 from .training import (
     LoopSettings,
@@ -55,17 +61,12 @@ from .training import (
 
 
 @dataclass(frozen=True)
-class RuleAugRecipe:
+class RuleAugRecipe(OutlierRecipe):
     """Fine-tuning schedule, augmentation probabilities and the OOD objective's settings."""
 
-    steps: int
-    batch_size: int
-    crop: tuple[int, int] | None
-    lr: float
     weight_decay: float = 1e-4
     augment_probability: float = 0.5
     weather_probability: float = 0.5
-    outlier_scales: tuple[float, ...] = RPL_SCALES
     energy_weight: float = 0.1
     margin_in: float = -25.0
     margin_out: float = -7.0
@@ -86,7 +87,7 @@ def energy_margin_loss(logits: torch.Tensor, label: torch.Tensor, margin_in: flo
     """Liu et al.'s squared-hinge energy loss over inlier (label < 254) and pasted (254)
     pixels; a missing pixel set contributes 0."""
     energy = -torch.logsumexp(logits, 1)
-    inlier = (label != OUTLIER_EXPOSURE) & (label != VOID)
+    inlier = inlier_mask(label)
     outlier = label == OUTLIER_EXPOSURE
     loss = logits.sum() * 0
     if inlier.any():
