@@ -94,6 +94,8 @@ class Method:
     """
 
     name: str = ""
+    #: The model families (``model.family``) a method works on; None = any segmenter.
+    model_families: tuple[str, ...] | None = None
     requires_fit: bool = False
     needs_gradients: bool = False
     changes_segmentation: bool = False
@@ -106,6 +108,12 @@ class Method:
     def config(self) -> dict[str, Any]:
         """The options that define this method's numbers (stored with every result)."""
         return {"name": self.name, "smoothing": self.smoothing}
+
+    @classmethod
+    def needs_training_data(cls, model: nn.Module) -> bool:
+        """Whether ``fit`` on ``model`` reads a training set (False for a model that already
+        carries the method's trained parts, e.g. CG-Aug's ``DeepLab_best.pth``)."""
+        return cls.requires_fit
 
     def fit(self, model: nn.Module, train_dataset: Any, **options: Any) -> None:
         """Estimate statistics or train extra modules; only for ``requires_fit`` methods."""

@@ -8,7 +8,8 @@
 * :class:`SyntheticGenerator` — the synthetic world's renderer: the source frame's own 3-D
   layout with the object inserted as a billboard standing in the scene, rendered in a domain
   drawn the way the prompts are (plain prompt → the training domain; otherwise another city,
-  with the prompt's weather and time). Coherent by construction.
+  with the prompt's weather and time). Coherent by construction. Its ``mode`` gives the
+  variants of the paper's Table 4 ablation (:data:`SYNTHETIC_MODES`).
 """
 
 from __future__ import annotations
@@ -34,11 +35,13 @@ from .prompts import DEFAULT_PROMPTS, Prompt, PromptSampler
 
 @dataclass
 class Generated:
-    """A generated image (H×W×3 uint8, the label map's size), its domain tag and prompt."""
+    """A generated image (H×W×3 uint8, the label map's size), its domain tag and prompt;
+    ``drawn`` is False when the image holds no novel object (domain shift only)."""
 
     image: np.ndarray
     domain: str
     prompt: Prompt
+    drawn: bool = True
 
 
 class Generator:
@@ -164,14 +167,28 @@ def insert_object(layout: Layout, pasted: Pasted, rng: np.random.Generator) -> L
         tone=np.vstack([layout.tone, rng.random((1, 3), dtype=np.float32)]))
 
 
+#: Variants of the synthetic generator (the paper's Table 4 rows, in the synthetic world):
+#: ``coherent`` — CG-Aug: the object stands in the scene, everything rendered in the sampled
+#: domain (DS and SS, coherent); ``semantic`` — the object rendered in the training domain (SS
+#: only, POC-like); ``domain`` — the scene in the sampled domain without the object (DS only);
+#: ``either`` — per frame, ``semantic`` or ``domain`` with probability 1/2 (DS or SS);
+#: ``incoherent`` — the scene without the object in the sampled domain, the object cut from a
+#: training-domain rendering and pasted on it (DS and SS, incoherent). Every mode draws the
+#: same prompt (and domain) for a given seed.
+SYNTHETIC_MODES = ("coherent", "semantic", "domain", "either", "incoherent")
+
+
 class SyntheticGenerator(Generator):
-    """Renders the source frame's layout with the object inserted (needs ``layout``)."""
+    """Renders the source frame's layout with the object inserted (needs ``layout``); ``mode``
+    picks a variant of :data:`SYNTHETIC_MODES`."""
 
     name = "synthetic"
     needs_layout = True
 
-    def __init__(self, prompts: PromptSampler = DEFAULT_PROMPTS) -> None:
-        self.prompts = prompts
+    def __init__(self, prompts: PromptSampler = DEFAULT_PROMPTS, mode: str = "coherent") -> None:
+        if mode not in SYNTHETIC_MODES:
+            raise OodBenchError(f"mode must be one of {', '.join(SYNTHETIC_MODES)}, got {mode!r}")
+        self.prompts, self.mode = prompts, mode
 
     def generate(self, pasted: Pasted, seed: int, layout: Layout | None = None) -> Generated:
         if layout is None:
@@ -181,5 +198,17 @@ class SyntheticGenerator(Generator):
         prompt = self.prompts.sample(pasted.object_class, rng)
         scene = insert_object(layout, pasted, rng)
         domain = synthetic_domain(prompt)
-        image = render(scene, domain, seed=int(rng.integers(2**31)))
+        render_seed = int(rng.integers(2**31))
+        mode = self.mode
+        if mode == "either":
+            mode = "semantic" if rng.random() < 0.5 else "domain"
+        if mode == "semantic":
+            return Generated(render(scene, "clear", seed=render_seed), "clear", prompt)
+        if mode == "coherent":
+            return Generated(render(scene, domain, seed=render_seed), domain, prompt)
+        background = render(layout, domain, seed=render_seed)
+        if mode == "domain":
+            return Generated(background, domain, prompt, drawn=False)
+        cut = render(scene, "clear", seed=render_seed)
+        image = np.where(pasted.mask[..., None], cut, background)
         return Generated(image, domain, prompt)

@@ -10,7 +10,9 @@ position and seed up to ``max_tries`` times), and write a Cityscapes-like tree::
     out/manifest.jsonl                                           (one record per frame)
 
 ``<city>`` is the part of the frame name before the first ``_``. The label is the source label
-with the filter's OOD mask set to 254; pasted pixels outside that mask become void (255).
+with the filter's OOD mask set to 254; pasted pixels outside that mask become void (255). A
+generator that draws no object (``Generated.drawn`` False: the domain-shift-only ablation)
+skips the filter, and the label is the source label unchanged.
 Everything about a frame derives from ``(seed, frame index, try)``, so a resumed run writes the
 same files; frames with both files and a manifest record are skipped. Images and labels are
 written atomically, then the frame's manifest line is appended in one write (a torn last line
@@ -161,16 +163,19 @@ def _generate_frame(dataset, index, generator, objects, filter, seed, max_tries,
             stats.no_road += 1
             return None
         generated = generator.generate(pasted, frame_seed, layout)
+        record = {
+            "frame": sample.name, "source_index": index, "prompt": generated.prompt.text,
+            "negative_prompt": generated.prompt.negative, "seed": frame_seed, "try": attempt,
+            "domain": generated.domain, "generator": generator.name,
+        }
+        if not generated.drawn:  # domain shift only: nothing to filter, the label is the source's
+            record.update(object_class=None, mask_source=None)
+            return generated.image, sample.semantic.copy(), record
         result = filter(generated.image, pasted.mask, sample.semantic)
         if result.accepted:
             label = final_label(sample.semantic, pasted.mask, result.ood_mask)
-            record = {
-                "frame": sample.name, "source_index": index, "prompt": generated.prompt.text,
-                "negative_prompt": generated.prompt.negative, "seed": frame_seed,
-                "try": attempt, "domain": generated.domain, "object_class": pasted.object_class,
-                "generator": generator.name, "mask_source": filter.mask_source,
-                **result.scores(),
-            }
+            record.update(object_class=pasted.object_class, mask_source=filter.mask_source,
+                          **result.scores())
             return generated.image, label, record
         stats.rejected += 1
     stats.exhausted += 1

@@ -236,8 +236,8 @@ def select_frames(
                             "have no frame in common")
     if names:
         first = next(iter(handles.values()))
-        with first.reader() as h5:
-            index_of = {str(h5["frames"][f"{i:06d}"].attrs["name"]): i for i in common}
+        name_of = first.frame_names()
+        index_of = {name_of[i]: i for i in common}
         missing = [n for n in names if n not in index_of]
         if missing:
             shown = ", ".join(list(index_of)[:10]) + (" ..." if len(index_of) > 10 else "")

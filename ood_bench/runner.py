@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import functools
+import itertools
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,8 @@ from ood_bench.store import STORE_DTYPES, ScoreStore, StoredFrame, cast_scores, 
 
 #: Frames per metric chunk (see the module docstring): fixes the merge order of metric states.
 CHUNK_FRAMES = 64
+#: Frames read back from a store per :meth:`ChunkState.add` (bounds memory).
+FRAMES_PER_UPDATE = 8
 #: Memory budget of a chunk's binned ROC state per pixel of a chunk, and its bounds in bytes
 #: (see :class:`ChunkState`).
 CHUNK_BYTES_PER_PIXEL = 32
@@ -129,23 +132,27 @@ def load_run_model(
     name: str | None, checkpoint: Path | None, options: dict[str, Any], dataset: str
 ) -> LoadedModel:
     """The model a run uses on ``dataset``: ``checkpoint`` loaded into ``name``, or (synthetic
-    dataset, no checkpoint) the synthetic base model, trained and cached on first use."""
+    dataset, no checkpoint) the synthetic base model of architecture ``name`` (default
+    :data:`SYNTHETIC_MODEL`; one per entry of ``train.SHIPPED_NAMES``), trained and cached on
+    first use when its shipped weights are stale."""
     if checkpoint is None:
         if not is_synthetic(dataset):
             raise OodBenchError(
                 f"dataset {dataset!r} needs trained weights: pass --checkpoint FILE and --model "
                 "NAME (only synth-* datasets default to the synthetic base model)"
             )
-        if name not in (None, SYNTHETIC_MODEL) or options:
-            raise OodBenchError(
-                f"without --checkpoint the synthetic base model ({SYNTHETIC_MODEL}) is used; "
-                f"pass --checkpoint to run --model {name}"
-            )
-        from ood_bench.train import DEFAULT_MODEL_OPTIONS, load_synthetic_base_model
+        from ood_bench.train import DEFAULT_MODEL_OPTIONS, SHIPPED_NAMES, load_synthetic_base_model
 
-        module = load_synthetic_base_model()
-        return LoadedModel(SYNTHETIC_MODEL, module, SYNTHETIC_SOURCE,
-                           dict(DEFAULT_MODEL_OPTIONS.get(SYNTHETIC_MODEL, {})),
+        name = name or SYNTHETIC_MODEL
+        if name not in SHIPPED_NAMES or options:
+            raise OodBenchError(
+                f"without --checkpoint a synthetic base model ({', '.join(SHIPPED_NAMES)}) is "
+                f"used, without model options; pass --checkpoint to run --model {name}"
+                + (f" with options {options}" if options else "")
+            )
+        module = load_synthetic_base_model(name)
+        return LoadedModel(name, module, SYNTHETIC_SOURCE,
+                           dict(DEFAULT_MODEL_OPTIONS.get(name, {})),
                            FIT_DATASETS[SYNTHETIC_SOURCE])
     if name is None:
         raise OodBenchError("--checkpoint needs --model NAME (the architecture to load it into)")
@@ -217,31 +224,36 @@ def score_frames(
     for batch in loader:
         for group in _same_size_groups(batch):
             images = normalize_images(np.stack([sample.image for _, sample in group]), device)
-            output = method.score(model, images)
-            scores = output.scores.detach().float().cpu().numpy()
-            predictions = output.prediction.detach().cpu().numpy()
-            frames = [_stored_frame(index, sample, score, prediction, options)
-                      for (index, sample), score, prediction in zip(group, scores, predictions,
-                                                                    strict=True)
-                      if index not in finished]
+            frames = _stored_frames(group, method.score(model, images), finished, options)
             store.write_frames(frames)
-            for frame in frames if collector is not None else ():
-                collector.add(frame)
+            if collector is not None:
+                collector.add(frames)
             advance(len(frames))
 
 
-def _stored_frame(index: int, sample, score: np.ndarray, prediction: np.ndarray,
-                  options: RunOptions) -> StoredFrame:
-    shape = sample.image.shape[:2]
-    if score.shape != shape or prediction.shape != shape:
+def _stored_frames(group: list, output, finished: set[int],
+                   options: RunOptions) -> list[StoredFrame]:
+    """The frames of a scored same-size group that are not ``finished``: scores in the store
+    dtype, predictions as uint8 (checked and converted once for the whole group)."""
+    names = [sample.name for _, sample in group]
+    expected = (len(group), *group[0][1].image.shape[:2])
+    scores = output.scores.detach().float().cpu().numpy()
+    predictions = output.prediction.detach().cpu().numpy()
+    if scores.shape != expected or predictions.shape != expected:
         raise OodBenchError(
-            f"frame {sample.name!r}: method output {score.shape} / {prediction.shape} does not "
-            f"match the image size {shape}"
+            f"frames {names[0]!r}..{names[-1]!r}: method output {scores.shape} / "
+            f"{predictions.shape} does not match the images (N×H×W {expected})"
         )
-    if prediction.min() < 0 or prediction.max() > 254:
-        raise OodBenchError(f"frame {sample.name!r}: predicted class ids must fit in 0..254")
-    return StoredFrame(index, sample.name, cast_scores(score, options.store_dtype, sample.name),
-                       prediction.astype(np.uint8), sample.ood, sample.semantic, sample.domain)
+    if predictions.min() < 0 or predictions.max() > 254:
+        bad = ((predictions < 0) | (predictions > 254)).reshape(len(group), -1).any(axis=1)
+        raise OodBenchError(f"frame {names[int(np.argmax(bad))]!r}: predicted class ids must "
+                            "fit in 0..254")
+    scores = cast_scores(scores, options.store_dtype, names)
+    predictions = predictions.astype(np.uint8)
+    return [StoredFrame(index, sample.name, score, prediction, sample.ood, sample.semantic,
+                        sample.domain)
+            for (index, sample), score, prediction in zip(group, scores, predictions, strict=True)
+            if index not in finished]
 
 
 # ---- metrics from a store --------------------------------------------------------------------
@@ -276,20 +288,27 @@ class ChunkState:
         self.segmentation = SegmentationMetric(NUM_CLASSES, ignore_index=255)
         self.labelled = self.segmented = 0
 
-    def add(self, frame: StoredFrame) -> None:
+    def add(self, frames: Sequence[StoredFrame]) -> None:
+        """Add consecutive frames of the chunk: the ROC state frame by frame (its binning
+        follows the order of updates), the confusion matrix once for all of them (a sum)."""
         from ood_bench.metrics.pixel import PixelOODMetric
 
-        if frame.ood is not None:
+        for frame in frames:
+            if frame.ood is None:
+                continue
             if self.pixel is None:
                 wanted = CHUNK_BYTES_PER_PIXEL * frame.ood.size * CHUNK_FRAMES
                 self.pixel = PixelOODMetric(max_state_bytes=int(np.clip(wanted,
                                                                         *CHUNK_STATE_BYTES)))
             self.pixel.update(frame.score, frame.ood, frame=frame.name)
             self.labelled += 1
-        if frame.semantic is not None:
-            target = np.where(frame.semantic < NUM_CLASSES, frame.semantic, 255)
-            self.segmentation.update(frame.prediction, target)
-            self.segmented += 1
+        segmented = [frame for frame in frames if frame.semantic is not None]
+        if segmented:
+            semantic = np.concatenate([frame.semantic.ravel() for frame in segmented])
+            self.segmentation.update(
+                np.concatenate([frame.prediction.ravel() for frame in segmented]),
+                np.where(semantic < NUM_CLASSES, semantic, 255))
+            self.segmented += len(segmented)
 
     def state_dict(self) -> dict[str, Any]:
         pixel = None if self.pixel is None else self.pixel.state_dict()
@@ -309,24 +328,27 @@ class ChunkCollector:
         self.ready: dict[int, dict[str, Any]] = {}
         self._open: dict[int, tuple[ChunkState, int]] = {}  # chunk -> (state, next index)
 
-    def add(self, frame: StoredFrame) -> None:
-        chunk = frame.index // CHUNK_FRAMES
-        state, expected = self._open.pop(chunk, (None, chunk * CHUNK_FRAMES))
-        if frame.index != expected:  # a frame of this chunk was scored elsewhere
-            return
-        state = state or ChunkState()
-        state.add(frame)
-        end = min((chunk + 1) * CHUNK_FRAMES, self.total)
-        if frame.index + 1 == end:
-            self.ready[chunk] = state.state_dict()
-        else:
-            self._open[chunk] = (state, frame.index + 1)
+    def add(self, frames: Sequence[StoredFrame]) -> None:
+        """Add a scored batch (frames in index order)."""
+        for chunk, run in itertools.groupby(frames, lambda frame: frame.index // CHUNK_FRAMES):
+            run = list(run)
+            state, expected = self._open.pop(chunk, (None, chunk * CHUNK_FRAMES))
+            if [frame.index for frame in run] != list(range(expected, expected + len(run))):
+                continue  # a frame of this chunk was scored elsewhere
+            state = state or ChunkState()
+            state.add(run)
+            end = min((chunk + 1) * CHUNK_FRAMES, self.total)
+            if run[-1].index + 1 == end:
+                self.ready[chunk] = state.state_dict()
+            else:
+                self._open[chunk] = (state, run[-1].index + 1)
 
 
 def _pixel_chunk(store: ScoreStore, indices: list[int]) -> dict[str, Any]:
     state = ChunkState()
-    for frame in store.read_frames(indices):
-        state.add(frame)
+    frames = store.read_frames(indices)
+    for _ in range(0, len(indices), FRAMES_PER_UPDATE):
+        state.add(list(itertools.islice(frames, FRAMES_PER_UPDATE)))
     return state.state_dict()
 
 
@@ -547,11 +569,13 @@ _QUIET = Progress()
 
 def _fit(method, model: nn.Module, fit: dict[str, Any], options: RunOptions, device: str,
          show: bool) -> None:
-    """Fit a ``requires_fit`` method on its training dataset (methods cache their fits)."""
+    """Fit a ``requires_fit`` method on its training dataset (methods cache their fits); a
+    method that needs no data for this model is fitted without reading the dataset."""
 
     from ood_bench.adapters import get_dataset
 
-    train = get_dataset(fit["dataset"], data_root=options.data_root)
+    needs_data = method.needs_training_data(model) or "retrain" in fit["options"]
+    train = get_dataset(fit["dataset"], data_root=options.data_root) if needs_data else ()
     accepted = _fit_options(type(method))
     extra = {"max_frames": fit["frames"], "progress": show, "batch_size": options.batch_size,
              **fit["options"]}
@@ -633,12 +657,19 @@ def run_grid(
     if unknown:  # an option is passed to every fitted method that takes it
         raise OodBenchError(f"no method of this run takes fit option(s) {', '.join(unknown)}; "
                             f"valid --fit-option keys: {', '.join(sorted(takes)) or '(none)'}")
+    dist = dist or Dist()
+    models: dict[str, LoadedModel] = {}
+    if fitting and loaded is None and checkpoint is not None:  # does the checkpoint need data?
+        with dist.main_first():
+            models[str(checkpoint)] = load_run_model(model, checkpoint,
+                                                     dict(model_options or {}), datasets[0])
+    given = loaded or models.get(str(checkpoint))
+    if given is not None and "retrain" not in options.fit_options:
+        fitting = [method for method in fitting if method.needs_training_data(given.module)]
     if fitting:
         source = SYNTHETIC_SOURCE if checkpoint is None else "checkpoint"
         default = loaded.fit_dataset if loaded is not None else FIT_DATASETS[source]
         get_dataset(options.fit_dataset or default, data_root=options.data_root)
-    dist = dist or Dist()
-    models: dict[str, LoadedModel] = {}
     fitted: dict[str, dict[str, Any]] = {}
     rows = []
     for dataset_name in datasets:

@@ -1,7 +1,7 @@
 """``oodbench`` entry point for subprocess tests, with a deliberately slowed-down method.
 
 ``slow-msp`` is MSP that sleeps ``$SLOW_SCORE`` seconds per batch; ``$SLOW_COMMIT`` makes the
-store commit sleep before each frame it copies into the HDF5 file. Both only widen the time
+store commit sleep before each group of frames it appends to the HDF5 file. Both only widen the time
 window in which the tests kill the process.
 """
 
@@ -22,13 +22,13 @@ class SlowMSP(LogitScore):
 
 
 if os.environ.get("SLOW_COMMIT"):
-    _write_frame = store._write_frame
+    _append_frames = store._append_frames
 
-    def _slow_write_frame(*args, **kwargs):
+    def _slow_append_frames(*args, **kwargs):
         time.sleep(float(os.environ["SLOW_COMMIT"]))
-        return _write_frame(*args, **kwargs)
+        return _append_frames(*args, **kwargs)
 
-    store._write_frame = _slow_write_frame
+    store._append_frames = _slow_append_frames
 
 if __name__ == "__main__":
     from ood_bench.cli import main

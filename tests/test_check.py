@@ -107,9 +107,11 @@ def test_results_folder_without_results_exits_2(golden, tmp_path):
 
 
 @pytest.mark.slow
-def test_repository_golden_file_holds():
-    """The CI regression check: the synthetic benchmark's numbers equal tests/golden."""
-    golden = Path(__file__).parent / "golden" / "synthetic.json"
+@pytest.mark.parametrize("name", ["synthetic.json", "synthetic-m2f.json"])
+def test_repository_golden_file_holds(name):
+    """The CI regression check: the synthetic benchmark's numbers equal tests/golden (DeepLab
+    and Mask2Former base models)."""
+    golden = Path(__file__).parent / "golden" / name
     assert json.loads(golden.read_text())["results"], "golden file has no numbers"
     result = invoke(["check", "--golden", str(golden)])
     assert result.exit_code == 0, result.output

@@ -9,18 +9,42 @@ import torch
 from methods_helpers import random_samples
 
 from ood_bench.baselines import Method, MethodOutput, gaussian_smooth, get_method, list_methods
+from ood_bench.baselines.base import METHODS
 from ood_bench.errors import OodBenchError
 from ood_bench.models import create_model
 from ood_bench.models.inference import normalize_images
 
 #: Extra ``fit`` options that keep a method's fitting cheap here (e.g. a few training steps).
-FIT_OPTIONS: dict[str, dict] = {name: {"steps": 2} for name in ("rpl", "ruleaug", "ood+ruleaug")}
+FIT_OPTIONS: dict[str, dict] = {name: {"steps": 2} for name in (
+    "rpl", "ruleaug", "ood+ruleaug", "mask2anomaly", "rba+oe")}
+# CG-Aug variants pair the frames with in-memory generated partners of the same names.
+FIT_OPTIONS.update({name: {"steps": 2, "generated": random_samples(2, 32, 48, seed=9)}
+                    for name in list_methods("cgaug*")})
 
 
 @pytest.fixture(scope="module")
-def model():
+def deeplab():
     torch.manual_seed(0)
     return create_model("deeplabv3plus-small", num_classes=19, width=8).eval()
+
+
+@pytest.fixture(scope="module")
+def mask2former():
+    torch.manual_seed(0)
+    return create_model("mask2former-tiny").eval()
+
+
+@pytest.fixture
+def name():
+    """The method under test; tests parametrised over methods override it."""
+    return None
+
+
+@pytest.fixture
+def model(name, deeplab, mask2former):
+    """The DeepLab model, or the tiny Mask2Former for methods that support only that family."""
+    families = METHODS.factory(name).model_families if name else None
+    return mask2former if families == ("mask2former",) else deeplab
 
 
 @pytest.fixture(scope="module")

@@ -4,10 +4,13 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from runner_helpers import TOLERANCE, metrics_of, reference_metrics, tiny_loaded
 
+from ood_bench.adapters import get_dataset
 from ood_bench.adapters.base import Sample, SegDataset, register_dataset
 from ood_bench.baselines import Method, MethodOutput, register_method
+from ood_bench.errors import OodBenchError
 from ood_bench.metrics.component import ComponentMetric
 from ood_bench.metrics.pixel import PixelOODMetric
 from ood_bench.results import read_results
@@ -36,6 +39,23 @@ def test_same_seed_same_numbers_and_eval_reproduces_them(tmp_path):
     assert digests[0] == digests[1]
     evaluated = evaluate_store(rows[0]["store"])
     assert metrics_of(evaluated) == metrics_of(rows[0])
+
+
+def test_chunk_states_built_while_scoring_equal_those_read_back(tmp_path, monkeypatch):
+    """Batches of 10 straddle the chunk boundary at frame 64: both chunk states are still built
+    while scoring (no store read), and equal the states eval rebuilds from the store."""
+    import ood_bench.runner as runner
+
+    reads = []
+    original = runner._pixel_chunk
+    monkeypatch.setattr(runner, "_pixel_chunk", lambda store, chunk: reads.append(chunk[0])
+                        or original(store, chunk))
+    row = run_one(tiny_loaded(), "msp", DATASET, RunOptions(out=tmp_path, limit=70,
+                                                             batch_size=10))
+    assert reads == []
+    evaluated = evaluate_store(row["store"])
+    assert reads == [0, 64]
+    assert metrics_of(evaluated) == metrics_of(row) and row["n_labelled"] == 70
 
 
 def test_interrupted_run_resumes_to_identical_numbers(tmp_path):
@@ -143,6 +163,26 @@ class _Brightness(Method):
     def score(self, model, images):
         prediction = model(images).logits.argmax(1)
         return MethodOutput(images.mean(1), prediction)
+
+
+@register_method("unittest-bad-class-ids")
+class _BadClassIds(Method):
+    """Predicts class 255 on the second frame of every batch but the first (not a trainId)."""
+
+    batches = 0
+
+    def score(self, model, images):
+        prediction = torch.zeros(images.shape[0], *images.shape[2:], dtype=torch.int64)
+        prediction[1, 0, 0] = 255 if self.batches else 0
+        self.batches += 1
+        return MethodOutput(images.mean(1), prediction)
+
+
+def test_bad_method_output_names_the_frame(tmp_path):
+    name = get_dataset(DATASET)[5].name  # the second frame of the second batch
+    with pytest.raises(OodBenchError, match=f"frame '{name}': predicted class ids must fit"):
+        run_one(tiny_loaded(), "unittest-bad-class-ids", DATASET,
+                RunOptions(out=tmp_path, batch_size=4, limit=8))
 
 
 def test_smiyc_splits_get_component_metrics(tmp_path):

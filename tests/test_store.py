@@ -60,19 +60,50 @@ def test_commit_round_trip_layout_and_attributes(tmp_path):
     assert not store.journal.exists()
     for want, got in zip(frames, store.read_frames(range(4)), strict=True):
         assert_same(want, got)
+    assert store.frame_names() == {f.index: f.name for f in frames}
     with h5py.File(store.path, "r") as h5:  # the documented layout, read with plain h5py
         assert json.loads(h5.attrs["config"]) == CONFIG
+        assert h5.attrs["format_version"] == 2
         assert h5.attrs["dataset_frames"] == 10 and h5.attrs["n_frames"] == 4
         assert h5.attrs["metric_spec_version"] == "1" and h5.attrs["package_version"]
-        group = h5["frames/000001"]
-        assert group["score"].dtype == np.float32 and group["prediction"].dtype == np.uint8
-        assert group.attrs["name"] == "validation0001" and group.attrs["domain"] == "fog"
-        assert "ood" not in h5["frames/000002"]
+        table = {key: h5["frames"][key][()] for key in h5["frames"]}
+        assert table["index"].tolist() == [0, 1, 2, 3]
+        assert table["shape"].tolist() == [[6, 8]] * 4
+        assert table["offset"].tolist() == [0, 48, 96, 144]
+        assert table["ood_offset"].tolist() == table["semantic_offset"].tolist() == [0, 48, -1, 96]
+        assert h5["frames/name"].asstr()[1] == "validation0001"
+        assert h5["frames/domain"].asstr()[1] == "fog" and h5["frames/domain"].asstr()[0] == ""
+        assert h5["maps/score"].dtype == np.float32 and h5["maps/prediction"].dtype == np.uint8
+        assert h5["maps/score"].shape == (4 * 48,) and h5["maps/ood"].shape == (3 * 48,)
+        np.testing.assert_array_equal(h5["maps/score"][48:96].reshape(6, 8), frames[1].score)
+        np.testing.assert_array_equal(h5["maps/semantic"][96:144].reshape(6, 8),
+                                      frames[3].semantic)
+        assert h5["frames/sha256"].asstr()[3] == frames[3].digest()
         assert h5.attrs["content_hash"] == content_hash(f.digest() for f in frames)
     assert verify_store(store) == []
-    with h5py.File(store.path, "r+") as h5:  # damage one score value
-        h5["frames/000003/score"][0, 0] += 1
+    with h5py.File(store.path, "r+") as h5:  # damage one score value of frame 3
+        h5["maps/score"][144] += 1
     assert verify_store(store) == ["frame 000003 (validation0003) does not match its sha256"]
+
+
+def test_frames_read_back_in_any_order_across_commits(tmp_path, monkeypatch):
+    """Frames committed by several runs (out of index order, some unlabelled, two sizes) read
+    back exactly in any requested order, also when reads are cut into small runs."""
+    import ood_bench.store as module
+
+    store = ScoreStore(tmp_path / "s.h5")
+    frames = {i: make_frame(i, shape=(6, 8) if i % 3 else (5, 7), labelled=i % 4 != 1)
+              for i in range(9)}
+    for part in ([4, 5, 6], [0, 1], [8, 2, 3, 7]):
+        fill(store, [frames[i] for i in part])
+    order = [7, 0, 1, 2, 8, 3, 6, 5, 4]
+    for limit in (module._READ_PIXELS, 100):
+        monkeypatch.setattr(module, "_READ_PIXELS", limit)
+        for index, got in zip(order, store.read_frames(order), strict=True):
+            assert_same(frames[index], got)
+    assert store.header()["n_frames"] == 9 and verify_store(store) == []
+    with pytest.raises(OodBenchError, match="has no frame 12"):
+        list(store.read_frames([1, 12]))
 
 
 def test_resume_adds_frames_and_content_hash_is_order_free(tmp_path):
@@ -92,10 +123,26 @@ def test_float16_store_is_compressed_and_refuses_overflow(tmp_path):
     frame.score = cast_scores(frame.score, "float16", frame.name)
     fill(store, [frame], dtype="float16", config={**CONFIG, "store_dtype": "float16"})
     with h5py.File(store.path, "r") as h5:
-        score = h5["frames/000000/score"]
+        score = h5["maps/score"]
         assert score.dtype == np.float16 and score.compression == "gzip"
+        assert h5["maps/ood"].compression is None  # small frames: uint8 maps stay plain
     with pytest.raises(OodBenchError, match="overflow float16"):
         cast_scores(np.array([1e6], np.float32), "float16", "f")
+    batch = np.zeros((3, 2, 2), np.float32)
+    batch[2, 1, 0], batch[0, 0, 0] = -7e4, np.inf  # frame a: inf stays inf, frame c overflows
+    with pytest.raises(OodBenchError, match=r"frame 'c': scores up to 7e\+04 overflow"):
+        cast_scores(batch, "float16", ["a", "b", "c"])
+
+
+def test_uint8_maps_of_large_frames_are_compressed(tmp_path):
+    store = ScoreStore(tmp_path / "big.h5")
+    frame = make_frame(0, shape=(256, 256))
+    fill(store, [frame])
+    with h5py.File(store.path, "r") as h5:
+        assert h5["maps/score"].compression is None
+        assert {h5["maps"][key].compression for key in ("prediction", "ood", "semantic")} == {
+            "gzip"}
+    assert_same(frame, next(store.read_frames([0])))
 
 
 def test_journal_frames_survive_and_count_as_finished(tmp_path):
@@ -125,19 +172,16 @@ def test_failed_commit_keeps_the_old_store_and_the_journal(tmp_path, monkeypatch
         store.prepare(CONFIG, 10, "float32")
         store.write_frames([make_frame(1)])
         store.write_frames([make_frame(2)])
-        calls = []
+        original = module._append_frames
 
-        def crash_on_second(frames, frame, dtype):
-            calls.append(frame.index)
-            if len(calls) == 2:
-                raise RuntimeError("disk full")
-            return original(frames, frame, dtype)
+        def crash_after_writing(*args):
+            original(*args)
+            raise RuntimeError("disk full")
 
-        original = module._write_frame
-        monkeypatch.setattr(module, "_write_frame", crash_on_second)
+        monkeypatch.setattr(module, "_append_frames", crash_after_writing)
         with pytest.raises(RuntimeError):
             store.commit()
-        monkeypatch.setattr(module, "_write_frame", original)
+        monkeypatch.setattr(module, "_append_frames", original)
         assert store.path.read_bytes() == before
         assert store.journal_indices() == {1, 2}
         store.commit()
@@ -153,7 +197,8 @@ def test_frame_in_store_and_journal_is_not_duplicated(tmp_path):
         store.write_frames([make_frame(0), make_frame(1)])
         assert store.commit() == 1
     with h5py.File(store.path, "r") as h5:
-        assert sorted(h5["frames"]) == ["000000", "000001"] and h5.attrs["n_frames"] == 2
+        assert h5["frames/index"][()].tolist() == [0, 1] and h5.attrs["n_frames"] == 2
+        assert h5["maps/score"].shape == (2 * 48,)
 
 
 def test_second_writer_is_refused(tmp_path):
@@ -217,8 +262,9 @@ def test_export_smiyc_layout(tmp_path):
 
 
 def test_journal_batch_of_mixed_shapes_and_labels_reads_back_exactly(tmp_path):
-    """One journal file packs each map kind back to back; frames of other sizes and frames
-    without labels in the same batch come back unchanged (same arrays, dtypes, digests)."""
+    """One journal file: a JSON line, then each map kind's raw maps back to back; frames of
+    other sizes and frames without labels in the same batch come back unchanged (same arrays,
+    dtypes, digests)."""
     store = ScoreStore(tmp_path / "j.h5")
     frames = [make_frame(0), make_frame(1, shape=(3, 5), labelled=False),
               make_frame(2, shape=(4, 2)), make_frame(3, labelled=False)]
@@ -226,41 +272,72 @@ def test_journal_batch_of_mixed_shapes_and_labels_reads_back_exactly(tmp_path):
         store.prepare(CONFIG, 10, "float32")
         store.write_frames(frames)
         (journal_file,) = store._journal_files()
-        with np.load(journal_file) as data:  # a handful of members, not four per frame
-            assert data["score"].shape == (6 * 8 + 3 * 5 + 4 * 2 + 6 * 8,)
-            assert data["ood"].shape == (6 * 8 + 4 * 2,)
-            assert data["ood_present"].tolist() == [True, False, True, False]
+        assert journal_file.name == "000000-000003.frames"
+        header, raw = journal_file.read_bytes().split(b"\n", 1)
+        header = json.loads(header)
+        assert header["ood"] == {"present": [True, False, True, False], "dtype": "|u1"}
+        pixels = 6 * 8 + 3 * 5 + 4 * 2 + 6 * 8
+        assert len(raw) == pixels * (4 + 1) + (6 * 8 + 4 * 2) * 2
+        np.testing.assert_array_equal(  # the first bytes: frame 0's scores
+            np.frombuffer(raw, np.float32, 48).reshape(6, 8), frames[0].score)
+        assert store.journal_indices() == {0, 1, 2, 3}
         for want, got in zip(frames, store._read_journal(journal_file), strict=True):
             assert_same(want, got)
             assert got.digest() == want.digest()
         unlabelled = [make_frame(4, labelled=False)]
         store.write_frames(unlabelled)  # no label maps at all in a batch
         assert store._read_journal(store._journal_files()[-1])[0].ood is None
+        journal_file.write_bytes(journal_file.read_bytes()[:-1])  # a damaged file is refused
+        with pytest.raises(OodBenchError, match="unreadable journal file"):
+            store._read_journal(journal_file)
 
 
-def test_journal_refuses_a_batch_mixing_score_dtypes(tmp_path):
+def test_journal_refuses_maps_of_unexpected_dtypes(tmp_path):
     store = ScoreStore(tmp_path / "m.h5")
-    half = make_frame(1)
+    half, wide = make_frame(1), make_frame(2)
     half.score = half.score.astype(np.float16)
+    wide.ood = wide.ood.astype(np.int64)
     with store.locked():
         store.prepare(CONFIG, 10, "float32")
-        with pytest.raises(OodBenchError, match="several dtypes"):
+        with pytest.raises(OodBenchError, match="score maps must all have one dtype of float16, "
+                                                "float32, float64, got float16, float32"):
             store.write_frames([make_frame(0), half])
+        with pytest.raises(OodBenchError, match="ood maps must all have one dtype of uint8"):
+            store.write_frames([wide])
+        with pytest.raises(OodBenchError, match="prediction map has shape"):
+            store.write_frames([StoredFrame(3, "x", np.zeros((2, 2), np.float32),
+                                            np.zeros((2, 3), np.uint8))])
 
 
-def test_plain_maps_are_the_same_hdf5_datasets_as_create_dataset(tmp_path):
-    """Small uncompressed maps are written with h5py's low-level calls: the dataset must be
-    what ``create_dataset`` makes (contiguous, uncompressed, same dtype, shape and values)."""
-    store = ScoreStore(tmp_path / "p.h5")
+def test_scores_are_stored_in_the_store_dtype(tmp_path):
+    """float64 scores are cast at commit (digest of the stored float32 values); scores that
+    overflow a float16 store are refused and the store is left as it was."""
+    store = ScoreStore(tmp_path / "c.h5")
     frame = make_frame(0)
-    fill(store, [frame])
-    with h5py.File(tmp_path / "reference.h5", "w") as h5:
-        h5.create_dataset("score", data=frame.score)
-    with h5py.File(store.path, "r") as h5, h5py.File(tmp_path / "reference.h5", "r") as ref:
-        ours, theirs = h5["frames/000000/score"], ref["score"]
-        for get in (lambda d: (d.dtype, d.shape, d.chunks, d.compression, d.fillvalue),
-                    lambda d: d.id.get_create_plist().get_layout(),
-                    lambda d: d.id.get_create_plist().get_fill_time(),
-                    lambda d: d.id.get_create_plist().get_alloc_time()):
-            assert get(ours) == get(theirs)
-        np.testing.assert_array_equal(ours[()], frame.score)
+    wide = StoredFrame(0, frame.name, frame.score.astype(np.float64), frame.prediction,
+                       frame.ood, frame.semantic, frame.domain)
+    fill(store, [wide])
+    assert_same(frame, next(store.read_frames([0])))
+    assert verify_store(store) == []
+    half = ScoreStore(tmp_path / "h.h5")
+    wide.score[0, 0] = 1e5
+    with pytest.raises(OodBenchError, match="overflow float16"):
+        fill(half, [wide], dtype="float16", config={**CONFIG, "store_dtype": "float16"})
+    assert not half.path.exists() and half.journal_indices() == {0}
+
+
+def test_stores_and_journals_of_format_1_are_refused(tmp_path):
+    old = tmp_path / "old.h5"
+    with h5py.File(old, "w") as h5:  # the format 1 layout: one group per frame
+        h5.attrs.update({"format": "oodbench-score-store", "format_version": 1, "config": "{}"})
+        h5["frames/000000/score"] = np.zeros((2, 2), np.float32)
+    with pytest.raises(OodBenchError, match="has format version 1; this oodbench .* reads "
+                                            "version 2"):
+        ScoreStore(old).header()
+    store = ScoreStore(tmp_path / "j.h5")
+    store.journal.mkdir()
+    (store.journal / "header.json").write_text(json.dumps(
+        {"config": CONFIG, "dataset_frames": 10, "store_dtype": "float32"}))
+    with store.locked(), pytest.raises(OodBenchError, match="written by another oodbench "
+                                                            "version .format 1"):
+        store.prepare(CONFIG, 10, "float32")

@@ -147,7 +147,7 @@ def test_base_model_is_retrained_when_the_recipe_changed(monkeypatch, tmp_path):
     (tmp_path / f"{SHIPPED_NAME}.json").write_text(json.dumps({"config_hash": "stale"}))
     (tmp_path / f"{SHIPPED_NAME}.safetensors").write_bytes(b"not loaded")
     monkeypatch.setattr(training, "WEIGHTS_DIR", tmp_path)
-    monkeypatch.setattr(training, "default_config", lambda: _tiny_config())
+    monkeypatch.setattr(training, "default_config", lambda *model: _tiny_config())
     model = load_synthetic_base_model()
     weights, _ = checkpoint_paths(_tiny_config())
     assert weights.exists() and not model.training

@@ -44,12 +44,15 @@ def compress(counts: ScoreCounts) -> ScoreCounts:
         return counts
     starts = np.ones(has_pos.size, dtype=bool)
     starts[1:] = has_pos[1:] | has_pos[:-1]
+    if starts.all():  # already compressed
+        return counts
+    # A merged threshold holds no positive: add its negatives to its run's first threshold.
     index = np.flatnonzero(starts)
-    return ScoreCounts(
-        counts.thresholds[index],
-        np.add.reduceat(counts.pos, index),
-        np.add.reduceat(counts.neg, index),
-    )
+    merged = np.flatnonzero(~starts)
+    run = np.searchsorted(index, merged, side="right") - 1
+    pos, neg = counts.pos[index], counts.neg[index]
+    np.add.at(neg, run, counts.neg[merged])
+    return ScoreCounts(counts.thresholds[index], pos, neg)
 
 
 @dataclass(frozen=True)
@@ -115,7 +118,7 @@ def average_precision(points: OperatingPoints) -> float:
 
 def _first_at_level(points: OperatingPoints) -> int:
     """Index of the first operating point (high to low threshold) with TPR >= 0.95."""
-    return int(np.argmax(points.tp / points.n_pos >= TPR_LEVEL))
+    return int(np.searchsorted(points.tp / points.n_pos, TPR_LEVEL))  # TPR is non-decreasing
 
 
 def fpr_at_95(points: OperatingPoints, fpr_at: str) -> tuple[float, float]:
@@ -154,17 +157,31 @@ def _ap_bin_gaps(points: OperatingPoints) -> np.ndarray:
     true order adds at most ``U = p (a+p) / (c+p)`` (all positives first, tied) and at least
     ``L = sum_j (a+j) / (c+n+j)`` (all negatives first), so the gap is ``max(U - B, B - L)``.
     ``B - L = d (sum_j 1/(x+j) - p/(x+p))`` with ``x = c+n``, ``d = x-a``; the sum is bounded by
-    the midpoint rule for the convex ``1/(x+t)``: ``log1p(p / (x + 1/2))``.
+    the midpoint rule for the convex ``1/(x+t)``: ``log1p(p / (x + 1/2))``. A bin with one
+    positive and no negative has ``L = B = U`` (one possible order): it gets no gap.
     """
-    hit = points.pos > 0
+    hit = (points.pos > 1) | ((points.pos == 1) & (points.neg > 0))  # else L = B = U
     p = points.pos[hit].astype(np.float64)
     n = points.neg[hit].astype(np.float64)
     a = points.tp[hit] - p
-    c = a + points.fp[hit] - n
-    upper_gap = p * (a + p) * n / ((c + p) * (c + p + n))
-    x = c + n
-    lower_gap = (x - a) * np.maximum(np.log1p(p / (x + 0.5)) - p / (x + p), 0.0)
-    return np.maximum(upper_gap, lower_gap)
+    total = points.fp[hit] - n
+    total += a  # c
+    x = total + n
+    total += p  # c + p
+    upper = a + p  # U - B = p (a+p) n / ((c+p) (c+p+n)), in place (large pools: fewer temporaries)
+    upper *= p
+    upper *= n
+    upper /= total
+    total += n  # c + p + n = x + p
+    upper /= total
+    lower = x + 0.5  # B - L <= (x-a) max(log1p(p / (x+1/2)) - p/(x+p), 0)
+    np.divide(p, lower, out=lower)
+    np.log1p(lower, out=lower)
+    lower -= np.divide(p, total, out=p)
+    np.maximum(lower, 0.0, out=lower)
+    x -= a
+    lower *= x
+    return np.maximum(upper, lower, out=upper)
 
 
 def _fpr_bound(points: OperatingPoints, fpr_at: str) -> float:
@@ -175,9 +192,9 @@ def _fpr_bound(points: OperatingPoints, fpr_at: str) -> float:
     """
     tp = np.r_[0, points.tp]
     fp = np.r_[0, points.fp]
-    recall = tp / points.n_pos
-    first = int(np.argmax(recall >= TPR_LEVEL))  # first corner at the level (>= 1)
-    last_below = int(np.flatnonzero(recall <= TPR_LEVEL)[-1])  # last corner at or below it
+    recall = tp / points.n_pos  # non-decreasing
+    first = int(np.searchsorted(recall, TPR_LEVEL))  # first corner at the level (>= 1)
+    last_below = int(np.searchsorted(recall, TPR_LEVEL, side="right")) - 1  # last at or below
     if fpr_at == "first":
         low, high = fp[first - 1], fp[first]
     elif fpr_at == "interpolated":

@@ -154,18 +154,19 @@ class BinnedCounts:
 
     The 32-bit key space is cut into ``2**16`` pages of ``2**16`` consecutive keys (1/128 of a
     binade each). A page is allocated only when a score falls in it, with its own resolution:
-    bins of ``2**shift`` keys, ``shift`` in 0..16. New pages get full resolution while the
-    budget allows, else a number of bins proportional to their share of the pixels (so the
-    resolution follows the data mass, as quantile bins would); when the budget is full, every
-    page is re-sized in proportion to its share, never finer than before (merged bins cannot be
-    split). At ``shift == 0`` a bin is one float32 value, so a state that never coarsened is
-    exact on float16/float32 scores. Memory: a 1 MiB page directory plus, per bin, an int32
-    total and an int32 positive count while fewer than ``NARROW_LIMIT`` (2**31) pixels were
-    counted (the per-pixel increments hit a 4-byte array: fewer cache and TLB misses), two
-    int64 (16 bytes) after that; the bin budget assumes 16 bytes, so both fit, and the
-    zeroed buffers are mapped by the OS only where bins are used. Storage is in key order
-    except for pages appended after the last re-layout (key-ordered runs); ``counts()`` works
-    on it as laid out. Coarsening is the only loss, and ``curve.error_bounds`` certifies it.
+    bins of ``2**shift`` keys, ``shift`` in 0..16. New pages (those of one update together)
+    get full resolution while the budget allows, else a number of bins proportional to their
+    share of the pixels (so the resolution follows the data mass, as quantile bins would);
+    when the budget is full, every page is re-sized in proportion to its share, never finer
+    than before (merged bins cannot be split). At ``shift == 0`` a bin is one float32 value,
+    so a state that never coarsened is exact on float16/float32 scores. Memory: a 1 MiB page
+    directory plus, per bin, an int32 total and an int32 positive count while fewer than
+    ``NARROW_LIMIT`` (2**31) pixels were counted (the per-pixel increments hit a 4-byte array:
+    fewer cache and TLB misses), two int64 (16 bytes) after that; the bin budget assumes 16
+    bytes, so both fit, and the zeroed buffers are mapped by the OS only where bins are used.
+    Storage is in key order except for pages appended after the last re-layout (key-ordered
+    runs); ``counts()`` works on it as laid out. Coarsening is the only loss, and
+    ``curve.error_bounds`` certifies it.
     """
 
     PAGE_BITS = 16
@@ -174,6 +175,8 @@ class BinnedCounts:
     #: Share of the bin budget a re-layout fills, leaving room for pages that appear later.
     FILL = 0.75
     SLICE = 1 << 16
+    #: Pixels of a slice in pages without bins that are set aside rather than given bins now.
+    ASIDE = 1 << 10
     #: While fewer pixels were counted, no bin count can overflow int32.
     NARROW_LIMIT = 1 << 31
 
@@ -184,32 +187,36 @@ class BinnedCounts:
             raise OodBenchError(f"max_state_bytes={max_bytes} is too small; need >= {minimum}")
         self.rounded = False  # float64 scores were rounded to float32 (bins not exact)
         self._level = 1.0 / (self.FILL * self.capacity)  # pixel share per bin for new pages
-        self._offset = np.full(self.N_PAGES, -1, dtype=np.intp)
-        self._shift = np.zeros(self.N_PAGES, dtype=np.uint32)  # shifts uint32 keys in place
+        # Pages without bins point to the trash bin (storage index ``capacity``) with shift 16,
+        # so the per-pixel path needs no branch: their pixels are set aside (see add_scores).
+        self._offset = np.full(self.N_PAGES, self.capacity, dtype=np.intp)
+        self._shift = np.full(self.N_PAGES, self.PAGE_BITS, dtype=np.uint16)
         self._used = 0
         self._seen_total = self._seen_pos = 0  # pixels counted so far (shares of new pages)
         self._allocate_storage(np.int32)
 
     def _allocate_storage(self, dtype: type) -> None:
         # Zeroed memory is mapped lazily: only the bins in use ever occupy RAM.
-        self._bins = np.zeros(self.capacity, dtype=dtype)  # total pixels per bin
-        self._pos = np.zeros(self.capacity, dtype=dtype)  # positives per bin
-        self._one = dtype(1)  # a scalar of the storage dtype keeps np.add.at on its fast path
+        self._bins = np.zeros(self.capacity + 1, dtype=dtype)  # total pixels per bin, + trash
+        self._pos = np.zeros(self.capacity + 1, dtype=dtype)  # positives per bin, + trash
 
     def _reserve(self) -> None:
         """Widen the counts to int64 before the pixel count reaches ``NARROW_LIMIT`` (called
         after ``_seen_total`` was raised by the pixels about to be counted)."""
         if self._bins.dtype != np.int64 and self._seen_total >= self.NARROW_LIMIT:
             self._bins, self._pos = self._bins.astype(np.int64), self._pos.astype(np.int64)
-            self._one = np.int64(1)
 
     def _read(self, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Totals and positives (int64) of the bins at storage ``index``."""
         return self._bins[index].astype(np.int64), self._pos[index].astype(np.int64)
 
+    def _allocated(self) -> np.ndarray:
+        """Which pages have bins (bool per page)."""
+        return self._offset < self.capacity
+
     @property
     def lossless(self) -> bool:
-        return not self.rounded and not self._shift[self._offset >= 0].any()
+        return not self.rounded and not self._shift[self._allocated()].any()
 
     @property
     def nbytes(self) -> int:
@@ -218,63 +225,100 @@ class BinnedCounts:
     def add_scores(self, scores: np.ndarray, positive: np.ndarray) -> None:
         """Count validated scores (float16/32/64); float64 is rounded to float32 first.
 
-        Works in slices of ``SLICE`` pixels so the temporaries stay in the CPU cache.
+        Works in slices of ``SLICE`` pixels so the temporaries stay in the CPU cache. The
+        first slice may give bins to many new pages at once (a first update); in later slices
+        the pixels of pages without bins go to the trash bin and are set aside, and their
+        pages get bins once, after the last slice (few calls of ``_make_room``).
         """
-        for start in range(0, scores.size, self.SLICE):
+        starts = range(0, scores.size, self.SLICE)
+        aside: list[tuple[np.ndarray, np.ndarray]] = []
+        self._count_slices(scores, positive, starts[:1], aside, allocate=True)
+        rest = starts[1:]
+        if rest:
+            self._seen_total += scores.size - rest[0]
+            self._seen_pos += int(np.count_nonzero(positive[rest[0]:]))
+            self._reserve()
+            self._count_slices(scores, positive, rest, aside, allocate=False)
+        if aside:
+            pages, low = self._split(np.concatenate([part for part, _ in aside]))
+            hit = np.concatenate([part for _, part in aside])
+            self._make_room(pages, 1, pages[hit], 1, None)  # none of these pages has bins
+            self._count(pages, low, np.take(self._offset, pages), hit)
+
+    def _count_slices(self, scores: np.ndarray, positive: np.ndarray, starts: range,
+                      aside: list, *, allocate: bool) -> None:
+        """Count the slices starting at ``starts``. Pixels of pages without bins are appended
+        to ``aside``, unless ``allocate`` and there are many of them: then their pages get
+        bins at once (only the first slice of an update may allocate, and only then are its
+        pixels added to ``_seen_*`` here)."""
+        for start in starts:
             part = scores[start:start + self.SLICE]
+            hit = positive[start:start + self.SLICE]
+            if allocate:
+                self._seen_total += part.size
+                self._seen_pos += int(np.count_nonzero(hit))
+                self._reserve()
             if part.dtype != np.float32:
                 rounded = part.astype(np.float32)
                 self.rounded = self.rounded or bool(np.any(rounded != part))
                 part = rounded
-            hit = positive[start:start + self.SLICE]
-            self._seen_total += part.size
-            self._seen_pos += int(np.count_nonzero(hit))
-            self._reserve()
             keys = float32_keys(part)
-            pages = keys >> self.PAGE_BITS
-            offsets = np.take(self._offset, pages)
-            if offsets.min() < 0:
-                missing = offsets < 0
-                self._make_room(pages[missing], 1, pages[missing & hit], 1, None)
-                offsets = np.take(self._offset, pages)  # a re-layout moves every page
-            index = self._storage_index(keys, pages, offsets)
-            np.add.at(self._bins, index, self._one)
-            np.add.at(self._pos, index[hit], self._one)
+            pages, low = self._split(keys)
+            index = self._count(pages, low, np.take(self._offset, pages), hit)
+            if self._bins[-1]:  # pixels of pages without bins went to the trash bin
+                self._bins[-1] = self._pos[-1] = 0
+                missing = index == self.capacity
+                if not allocate or np.count_nonzero(missing) <= self.ASIDE:
+                    aside.append((keys[missing], hit[missing]))
+                else:  # many new pages (a first update): make room now, then count them
+                    pages, low, hit = pages[missing], low[missing], hit[missing]
+                    self._make_room(pages, 1, pages[hit], 1, None)
+                    self._count(pages, low, np.take(self._offset, pages), hit)
+
+    def _count(self, pages: np.ndarray, low: np.ndarray, offsets: np.ndarray,
+               hit: np.ndarray) -> np.ndarray:
+        """Add one to the bin of every key (given split); return the storage indices
+        (``offsets``, reused; the trash bin for pages without bins)."""
+        index = self._storage_index(pages, low, offsets)
+        one = self._bins.dtype.type(1)  # a scalar of the storage dtype: np.add.at's fast path
+        np.add.at(self._bins, index, one)
+        np.add.at(self._pos, index[hit], one)
+        return index
+
+    _HIGH = slice(1, None, 2) if np.little_endian else slice(0, None, 2)
+    _LOW = slice(0, None, 2) if np.little_endian else slice(1, None, 2)
+
+    def _split(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Page (high 16 bits, as intp) and key within the page (low 16 bits: a uint16 view,
+        no arithmetic) of uint32 keys."""
+        halves = keys.view(np.uint16)
+        return halves[self._HIGH].astype(np.intp), halves[self._LOW]
 
     def add_bins(self, keys: np.ndarray, shifts: np.ndarray, total: np.ndarray,
                  pos: np.ndarray) -> None:
         """Add counts of bins starting at ``keys`` and ``2**shifts`` keys wide (another state's)."""
         keys = keys.astype(np.intp)
-        required = np.zeros(self.N_PAGES, dtype=np.intp)
-        np.maximum.at(required, keys >> self.PAGE_BITS, shifts.astype(np.intp))
-        self._add(keys, total, pos, required)
-
-    def _add(self, keys, total, pos, required=None) -> None:
-        """Count bins starting at ``keys`` (intp, owned: reused as storage indices) with
-        weights ``total`` and ``pos``; ``required``: the coarsest shift each page needs."""
+        pages = keys >> self.PAGE_BITS
+        required = np.zeros(self.N_PAGES, dtype=np.intp)  # the coarsest shift each page needs
+        np.maximum.at(required, pages, shifts.astype(np.intp))
         self._seen_total += int(total.sum())
         self._seen_pos += int(pos.sum())
         self._reserve()
-        pages = keys >> self.PAGE_BITS
         offsets = np.take(self._offset, pages)
-        if offsets.size and (offsets.min() < 0 or (
-                required is not None and (required > self._shift)[self._offset >= 0].any())):
-            missing = offsets < 0
+        if offsets.size and (offsets.max() == self.capacity
+                             or (required > self._shift)[self._allocated()].any()):
+            missing = offsets == self.capacity
             self._make_room(pages[missing], total[missing], pages[missing], pos[missing],
                             required)
             offsets = np.take(self._offset, pages)
-        index = self._storage_index(keys, pages, offsets)
+        index = self._storage_index(pages, keys & (self.N_PAGES - 1), offsets)
         np.add.at(self._bins, index, total.astype(self._bins.dtype))
         np.add.at(self._pos, index, pos.astype(self._pos.dtype))
 
-    def _storage_index(self, keys: np.ndarray, pages: np.ndarray, offsets: np.ndarray):
-        """Storage index of each key: page offset + (key within its page >> page shift).
-
-        Reuses the ``keys`` and ``offsets`` buffers (uint32 or intp keys, intp offsets).
-        """
-        keys &= self.N_PAGES - 1
-        keys >>= np.take(self._shift, pages)
-        offsets += keys
+    def _storage_index(self, pages: np.ndarray, low: np.ndarray, offsets: np.ndarray):
+        """Storage index of each key: its page's offset + (its key within the page ``low`` >>
+        the page's shift); reuses ``offsets`` (``take(self._offset, pages)``)."""
+        offsets += np.right_shift(low, np.take(self._shift, pages))
         return offsets
 
     def _make_room(self, pages, total, pos_pages, pos, required) -> None:
@@ -295,9 +339,10 @@ class BinnedCounts:
             shifts = np.zeros(new_pages.size, dtype=np.intp)
             coarsen = False
         else:
-            floor = np.maximum(np.where(self._offset >= 0, self._shift, 0), required)
+            allocated = self._allocated()
+            floor = np.maximum(np.where(allocated, self._shift, 0), required)
             shifts = floor[new_pages]
-            coarsen = (floor > self._shift)[self._offset >= 0].any()
+            coarsen = (floor > self._shift)[allocated].any()
         if self._used + (1 << (self.PAGE_BITS - shifts)).sum() > self.capacity:
             shifts = np.maximum(self._shift_for(share, self._level), shifts)
         sizes = 1 << (self.PAGE_BITS - shifts)
@@ -307,7 +352,7 @@ class BinnedCounts:
             self._used += int(sizes.sum())
             return
         if required is None:
-            floor = np.where(self._offset >= 0, self._shift, 0)  # bins are never split
+            floor = np.where(self._allocated(), self._shift, 0)  # bins are never split
         self._relayout(new_pages, new_total, new_pos, floor)
 
     @staticmethod
@@ -328,13 +373,21 @@ class BinnedCounts:
         return cls.PAGE_BITS - np.clip(bits, 0, cls.PAGE_BITS).astype(np.intp)
 
     def _relayout(self, new_pages, new_total, new_pos, floor) -> None:
-        """Re-size every page to its share of all pixels, within ``FILL`` of the budget."""
-        keys, _, _, total, pos = self._stored_bins()
-        dtype = self._bins.dtype.type
-        self._bins = self._pos = None  # free the old storage before allocating the new one
-        keys = keys.astype(np.intp)
-        page_total = np.bincount(keys >> self.PAGE_BITS, total, minlength=self.N_PAGES)
-        page_pos = np.bincount(keys >> self.PAGE_BITS, pos, minlength=self.N_PAGES)
+        """Re-size every page to its share of all pixels, within ``FILL`` of the budget.
+
+        The new storage is in key order; the stored bins are carried over page by page (see
+        ``_carry_over``), never re-added one by one.
+        """
+        old_pages, old_offsets, old_shifts, _ = self._pages_by_storage()
+        old_bins, old_pos = self._bins, self._pos
+        self._bins = self._pos = None
+        page_total = np.zeros(self.N_PAGES)
+        page_pos = np.zeros(self.N_PAGES)
+        if old_pages.size:
+            stored = old_bins[:self._used], old_pos[:self._used]
+            page_total[old_pages] = np.add.reduceat(stored[0], old_offsets, dtype=np.int64)
+            page_pos[old_pages] = np.add.reduceat(stored[1], old_offsets, dtype=np.int64)
+        stored_total = int(page_total.sum())
         page_total[new_pages] += new_total
         page_pos[new_pages] += new_pos
         pages = np.flatnonzero(page_total > 0)
@@ -350,15 +403,47 @@ class BinnedCounts:
         self._level = 2.0**high
         page_shifts = np.maximum(self._shift_for(share, self._level), floor)
         sizes = 1 << (self.PAGE_BITS - page_shifts)
-        self._offset[:] = -1
+        self._offset[:] = self.capacity
         self._offset[pages] = np.r_[0, np.cumsum(sizes)[:-1]]
-        self._shift[:] = 0
+        self._shift[:] = self.PAGE_BITS
         self._shift[pages] = page_shifts
         self._used = int(sizes.sum())
-        self._allocate_storage(dtype)
-        seen = self._seen_total, self._seen_pos
-        self._add(keys, total, pos)  # the same pixels again, in the new layout
-        self._seen_total, self._seen_pos = seen
+        # The width rule counts the stored pixels twice here (a margin below NARROW_LIMIT).
+        wide = self._seen_total + stored_total >= self.NARROW_LIMIT
+        self._allocate_storage(np.int64 if wide else old_bins.dtype.type)
+        self._carry_over(old_pages, old_offsets, old_shifts, old_bins, old_pos)
+
+    def _carry_over(self, pages, offsets, shifts, bins, pos) -> None:
+        """Move the bins of ``pages`` (their old ``offsets`` and ``shifts`` into the old storage
+        ``bins``, ``pos``) to the current layout; pages without bins now are dropped.
+
+        A page whose resolution stays is copied (a stretch of such pages adjacent in both
+        storages as one slice); a page coarsened by ``d`` has each ``2**d`` adjacent bins
+        summed into one (bins are aligned: both shifts count from the page start).
+        """
+        targets = self._offset[pages]
+        keep = targets < self.capacity
+        pages, offsets, shifts, targets = pages[keep], offsets[keep], shifts[keep], targets[keep]
+        coarser = self._shift[pages].astype(np.intp) - shifts
+        sizes = 1 << (self.PAGE_BITS - shifts)
+        same = coarser == 0
+        source, target, size = offsets[same], targets[same], sizes[same]
+        if source.size:
+            end = source + size
+            first = np.flatnonzero(np.r_[True, (source[1:] != end[:-1])
+                                         | (target[1:] != target[:-1] + size[:-1])])
+            last = np.r_[first[1:], source.size] - 1
+            for old, new, length in zip(source[first].tolist(), target[first].tolist(),
+                                        (end[last] - source[first]).tolist(), strict=True):
+                self._bins[new:new + length] = bins[old:old + length]
+                self._pos[new:new + length] = pos[old:old + length]
+        for shift, step in set(zip(shifts[~same].tolist(), coarser[~same].tolist(), strict=True)):
+            group = (shifts == shift) & (coarser == step)
+            width = 1 << (self.PAGE_BITS - shift)
+            source = (offsets[group][:, None] + np.arange(width)).ravel()
+            target = (targets[group][:, None] + np.arange(width >> step)).ravel()
+            self._bins[target] = bins[source].reshape(-1, 1 << step).sum(axis=1)
+            self._pos[target] = pos[source].reshape(-1, 1 << step).sum(axis=1)
 
     def _pages_by_storage(self) -> tuple[np.ndarray, ...]:
         """Allocated pages in storage order: page, offset, shift (intp) and rank (uint16: the
@@ -367,27 +452,21 @@ class BinnedCounts:
         Storage is in key order except for pages appended after the last re-layout, so it is a
         permutation of key-ordered runs (a single run when nothing was appended).
         """
-        pages = np.flatnonzero(self._offset >= 0)  # key order
+        pages = np.flatnonzero(self._allocated())  # key order
         rank = np.argsort(self._offset[pages])
         pages = pages[rank]
         return pages, self._offset[pages], self._shift[pages].astype(np.intp), \
             rank.astype(np.uint16)
 
     def _stored_keys(self, index: np.ndarray, layout: tuple[np.ndarray, ...]):
-        """Lowest key (uint32), shift (uint8) and page rank of the bins at storage ``index``
-        (ascending); per-page values are repeated over each page's bins (few temporaries)."""
-        pages, offsets, shifts, rank = layout
+        """Lowest key (uint32) and shift (uint8) of the bins at storage ``index`` (ascending);
+        per-page values are repeated over each page's bins (few temporaries)."""
+        pages, offsets, shifts, _ = layout
         per_page = np.diff(np.searchsorted(index, offsets), append=index.size)  # offsets[0] = 0
         keys = index - np.repeat(offsets, per_page)
         keys <<= np.repeat(shifts, per_page)
         keys |= np.repeat(pages << self.PAGE_BITS, per_page)
-        return (keys.astype(np.uint32), np.repeat(shifts.astype(np.uint8), per_page),
-                np.repeat(rank, per_page))
-
-    def _stored_bins(self) -> tuple[np.ndarray, ...]:
-        """Non-empty bins in storage order: key, shift, page rank, totals, positives."""
-        index = self._nonempty()
-        return *self._stored_keys(index, self._pages_by_storage()), *self._read(index)
+        return keys.astype(np.uint32), np.repeat(shifts.astype(np.uint8), per_page)
 
     def _nonempty(self) -> np.ndarray:
         """Storage indices of the non-empty bins, ascending."""
@@ -395,31 +474,113 @@ class BinnedCounts:
 
     def bins(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Non-empty bins in key order: lowest key (uint32), shift (uint8), totals, positives."""
-        keys, shifts, rank, total, pos = self._stored_bins()
-        order = np.argsort(rank, kind="stable")  # radix sort of the runs' page ranks
-        return keys[order], shifts[order], total[order], pos[order]
+        index = self._nonempty()
+        layout = self._pages_by_storage()
+        keys, shifts = self._stored_keys(index, layout)
+        total, pos = self._read(index)
+        run_start = self._key_runs(layout[3])
+        if run_start.sum() > 1:  # put the runs of pages in key order (no sort of the bins)
+            order = self._runs_in_key_order(np.searchsorted(index, layout[1][run_start]),
+                                            layout[3][run_start], index.size)
+            keys, shifts, total, pos = keys[order], shifts[order], total[order], pos[order]
+        return keys, shifts, total, pos
+
+    @staticmethod
+    def _key_runs(rank: np.ndarray) -> np.ndarray:
+        """Which pages (in storage order, with key-order ``rank``) start a key-ordered run."""
+        return np.diff(rank.astype(np.intp), prepend=-2) != 1
 
     def counts(self) -> ScoreCounts:
         """Counts of every bin holding positives and of the negative-only stretches between
         them (summed, as ``curve.compress`` does); a threshold is the lowest score of the
         lowest non-empty bin it stands for.
 
-        Cuts the non-empty bins as stored (see ``_pages_by_storage``) at run starts and around
-        every bin with positives, sums each piece, and sorts only the pieces by key.
+        Cuts the storage (see ``_pages_by_storage``) at run starts and around every bin with
+        positives, sums each piece from a running total of the counts, and puts the pieces in
+        key order run by run. The storage is read in blocks (no temporary of its size).
         """
-        index = self._nonempty()
-        if index.size == 0:
+        used = self._used
+        if used == 0:
             return _empty_counts()
-        total, pos = self._bins[index], self._pos[index]
+        total, pos = self._bins[:used], self._pos[:used]
         layout = self._pages_by_storage()
-        run_start = np.diff(layout[3].astype(np.intp), prepend=-2) != 1  # not after the last
-        hit = np.flatnonzero(pos != 0)
-        cut = np.zeros(index.size + 1, dtype=bool)
-        cut[np.searchsorted(index, layout[1][run_start])] = True
-        cut[hit] = cut[hit + 1] = True
-        cuts = np.flatnonzero(cut[:-1])
-        keys, _, rank = self._stored_keys(index[cuts], layout)
-        order = np.argsort(rank, kind="stable")  # radix sort of the runs' page ranks
-        piece_total = np.add.reduceat(total, cuts, dtype=np.int64)[order]
-        piece_pos = np.add.reduceat(pos, cuts, dtype=np.int64)[order]
-        return ScoreCounts(key_floor_values(keys[order]), piece_pos, piece_total - piece_pos)
+        run_start = self._key_runs(layout[3])
+        hit = self._hit_bins(pos)
+        cuts = np.empty(2 * hit.size, dtype=np.intp)
+        cuts[0::2], cuts[1::2] = hit, hit + 1  # ascending, as hit is
+        starts = layout[1][run_start]
+        cuts = np.insert(cuts, np.searchsorted(cuts, starts), starts)
+        distinct = np.ones(cuts.size, dtype=bool)
+        distinct[1:] = cuts[1:] != cuts[:-1]
+        cuts = cuts[distinct & (cuts < used)]  # cuts[0] == 0: the first run starts storage
+        before, first, stored = self._scan(total, cuts)
+        piece_total = np.r_[before[1:], stored] - before
+        keep = piece_total > 0
+        first, piece_total = first[keep], piece_total[keep]
+        piece_pos = pos[cuts[keep]].astype(np.int64)  # a bin with positives is its own piece
+        keys = self._stored_keys(first, layout)[0]
+        if starts.size > 1:  # put the runs (each a key-ordered stretch of pieces) in key order
+            order = self._runs_in_key_order(np.searchsorted(first, starts),
+                                            layout[3][run_start], first.size)
+            keys, piece_pos, piece_total = keys[order], piece_pos[order], piece_total[order]
+        return ScoreCounts(key_floor_values(keys), piece_pos, piece_total - piece_pos)
+
+    @staticmethod
+    def _runs_in_key_order(run_start: np.ndarray, run_rank: np.ndarray, size: int):
+        """Permutation of ``size`` items, cut into runs at ``run_start`` (ascending), that
+        orders the runs by ``run_rank`` and keeps each run's own order."""
+        length = np.diff(run_start, append=size)
+        by_rank = np.argsort(run_rank)
+        length, run_start = length[by_rank], run_start[by_rank]
+        new_start = np.cumsum(length) - length
+        return np.repeat(run_start - new_start, length) + np.arange(size)
+
+    #: Bins per block when ``counts()`` reads the storage (temporaries stay in the CPU cache).
+    BLOCK = 1 << 16
+
+    def _hit_bins(self, pos: np.ndarray) -> np.ndarray:
+        """Storage indices of the bins holding positives, ascending."""
+        flags = np.empty(min(self.BLOCK, pos.size), dtype=bool)
+        parts = []
+        for start in range(0, pos.size, self.BLOCK):
+            block = pos[start:start + self.BLOCK]
+            np.not_equal(block, 0, out=flags[:block.size])
+            parts.append(np.flatnonzero(flags[:block.size]) + start)
+        return np.concatenate(parts)
+
+    def _scan(self, total: np.ndarray, cuts: np.ndarray) -> tuple[np.ndarray, ...]:
+        """For each cut (ascending storage index): the pixels stored before it and the first
+        non-empty bin at or after it (``total.size`` if none); plus all pixels stored.
+
+        Uses blockwise running totals in the storage dtype (int32 cannot overflow below
+        ``NARROW_LIMIT`` pixels). Only cuts at an empty bin need a search: the first bin that
+        raises the running total. A cut whose block ends without a non-empty bin after it is
+        pending (so are all later cuts of the block): the running total stays at its value
+        (``carry``) until the first non-empty bin of a later block, which is then theirs.
+        """
+        before = np.empty(cuts.size, dtype=np.int64)
+        first = np.empty(cuts.size, dtype=np.intp)
+        running = np.empty(min(self.BLOCK, total.size), dtype=total.dtype)
+        carry = total.dtype.type(0)
+        low = pending = 0  # cuts[pending:low]: no non-empty bin found after them yet
+        for start in range(0, total.size, self.BLOCK):
+            block = running[:min(self.BLOCK, total.size - start)]
+            np.cumsum(total[start:start + block.size], out=block)
+            block += carry
+            if pending < low:
+                found = int(np.searchsorted(block, carry, side="right"))
+                first[pending:low] = start + found
+                pending = low if found < block.size else pending
+            high = int(np.searchsorted(cuts, start + block.size))
+            here = cuts[low:high]
+            previous = block[np.maximum(here - (start + 1), 0)]
+            previous[here == start] = carry
+            before[low:high] = previous
+            first[low:high] = here
+            empty = np.flatnonzero(total[here] == 0)
+            found = np.searchsorted(block, previous[empty], side="right")
+            first[low + empty] = start + found
+            if pending == low:  # unresolved cuts are the last ones of the block
+                pending = high - int(np.count_nonzero(found == block.size))
+            low, carry = high, block[-1]
+        return before, first, int(carry)

@@ -54,6 +54,25 @@ def _prepare(scores: Any, labels: Any, ignore_index: int, frame: Any) -> tuple[n
         scores = scores.astype(np.float32)  # exact; sorts and keys faster
     if labels.dtype.kind not in "biuf":
         raise OodBenchError(f"labels{where} must be integers, got dtype {labels.dtype}")
+    scores, labels = scores.reshape(-1), labels.reshape(-1)
+    binary = labels.dtype.kind in "bu" and (labels.size == 0 or labels.max() <= 1)
+    if not binary or ignore_index in (0, 1):  # one cheap pass decides the common case
+        scores, labels = _drop_ignored(scores, labels, ignore_index, where)
+    with np.errstate(over="ignore", invalid="ignore"):  # a finite sum proves finite scores
+        finite = np.isfinite(scores.sum()) or np.isfinite(scores).all()
+    if not finite:
+        n_nan = int(np.isnan(scores).sum())
+        n_inf = int(np.isinf(scores).sum())
+        raise OodBenchError(
+            f"scores{where} contain {n_nan} NaN and {n_inf} infinite values on evaluated "
+            "pixels; every pixel that is not ignore_index needs a finite score"
+        )
+    return scores, labels == 1
+
+
+def _drop_ignored(scores: np.ndarray, labels: np.ndarray, ignore_index: int | None,
+                  where: str) -> tuple[np.ndarray, np.ndarray]:
+    """Check that labels are 0, 1 or ``ignore_index`` and drop the ignored pixels."""
     if labels.dtype.kind in "bu":
         bad = labels > 1
     else:
@@ -65,19 +84,11 @@ def _prepare(scores: Any, labels: Any, ignore_index: int, frame: Any) -> tuple[n
             f"labels{where} contain values {describe_values(labels[bad])}; expected 0 "
             f"(in-distribution), 1 (OOD) or ignore_index={ignore_index}"
         )
-    scores, labels = scores.reshape(-1), labels.reshape(-1)
     if ignore_index is not None:
         keep = labels != ignore_index
         if not keep.all():
             scores, labels = scores[keep], labels[keep]
-    if not np.isfinite(scores).all():  # scores of ignored pixels may be anything
-        n_nan = int(np.isnan(scores).sum())
-        n_inf = int(np.isinf(scores).sum())
-        raise OodBenchError(
-            f"scores{where} contain {n_nan} NaN and {n_inf} infinite values on evaluated "
-            "pixels; every pixel that is not ignore_index needs a finite score"
-        )
-    return scores, labels == 1
+    return scores, labels
 
 
 def pixel_ood_metrics(

@@ -3,6 +3,7 @@
 Importing this package registers every built-in model (see ``list_models()``).
 """
 
+from . import mask2former as _mask2former  # noqa: F401  (registers mask2former-*)
 from . import resnet as _resnet  # noqa: F401  (registers the ResNet and small models)
 from . import wider_resnet as _wider_resnet  # noqa: F401  (registers deeplabv3plus-wrn38)
 from .base import SegOutput, create_model, list_models, register_model

@@ -86,6 +86,7 @@ class DeepLabV3Plus(nn.Module):
     ``"trunk"`` and the ``ood_*`` taps are returned; ask for others with ``taps=[...]``.
     """
 
+    family = "deeplabv3plus"
     TAPS = ("trunk", "low_level", "aspp", "decoder_input", "ood_logits", "ood_score")
     DEFAULT_TAPS = ("trunk", "ood_logits", "ood_score")
 
