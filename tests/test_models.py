@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given
 from hypothesis import strategies as st
+from models_helpers import randomize_bn
 
 from ood_bench.errors import DataNotFoundError, OodBenchError, UnknownNameError
 from ood_bench.models import SegOutput, create_model, list_models
@@ -30,18 +31,6 @@ def small():
     model = create_model("deeplabv3plus-small", **SMALL)
     randomize_bn(model)
     return model.eval()
-
-
-def randomize_bn(model: torch.nn.Module, seed: int = 0) -> None:
-    """Give every BatchNorm non-trivial statistics so eval-mode BN is really exercised."""
-    gen = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            n = m.num_features
-            m.running_mean.copy_(torch.randn(n, generator=gen) * 0.1)
-            m.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
-            m.weight.data.copy_(torch.rand(n, generator=gen) + 0.5)
-            m.bias.data.copy_(torch.randn(n, generator=gen) * 0.1)
 
 
 # --- registry and forward contract -------------------------------------------------------------

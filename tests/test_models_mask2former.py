@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from models_helpers import randomize_bn
 
 from ood_bench.errors import OodBenchError
 from ood_bench.models import SegOutput, create_model, list_models
@@ -25,7 +26,7 @@ from ood_bench.models.mask2former import TINY, attention_masks, mask2former_conf
 def tiny():
     torch.manual_seed(0)
     model = create_model("mask2former-tiny", ood_head=True)
-    _randomize_norms(model)
+    randomize_bn(model)
     return model.eval()
 
 
@@ -51,16 +52,6 @@ def d2_standard():
 def d2_gma():
     """A synthetic detectron2 Mask2Anomaly state dict with MultiShiftSeg's class_embed2."""
     return synthetic_detectron2_state(seed=1, gma=True, class_embed2=True)
-
-
-def _randomize_norms(model: torch.nn.Module, seed: int = 0) -> None:
-    """Non-trivial BatchNorm statistics, so eval-mode BN is really exercised."""
-    gen = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            n = m.num_features
-            m.running_mean.copy_(torch.randn(n, generator=gen) * 0.1)
-            m.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
 
 
 # --- registry, configuration, parameter count ---------------------------------------------------
@@ -338,7 +329,7 @@ def test_gma_without_background_branch_is_standard_masked_attention(r50_gma):
     torch.manual_seed(3)
     gma = create_model("mask2former-tiny", gma=True).eval()
     standard = create_model("mask2former-tiny").eval()
-    _randomize_norms(gma)
+    randomize_bn(gma)
     state = {k: v for k, v in gma.state_dict().items() if "cross_attn_background" not in k}
     standard.load_state_dict(state, strict=True)
     x = torch.randn(2, 3, 64, 64)
