@@ -56,19 +56,12 @@ OodLoss = Callable[[dict[str, torch.Tensor], torch.Tensor], torch.Tensor]
 NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 
 
-@dataclass(frozen=True)
-class MaskFinetuneRecipe(OutlierRecipe):
-    """Schedule, pasting, optimiser (AdamW, poly decay) and set-criterion weights.
+@dataclass(frozen=True, kw_only=True)
+class SetLossSettings:
+    """What every Mask2Former fine-tuning shares (Mask2Anomaly, RbA, CG-Aug stage 2): AdamW's
+    backbone learning-rate factor, the gradient-norm clip (None: off), the set-criterion weights
+    (Mask2Former's 2 / 5 / 5 by default) and the weight of the method's OOD loss."""
 
-    ``trainable`` names the parameter groups that train: keys of ``model.param_groups()`` or
-    ``"mask_embed"`` (``model.mask_embed``). Norm and embedding parameters get no weight decay
-    (detectron2's ``WEIGHT_DECAY_NORM = WEIGHT_DECAY_EMBED = 0``); ``grad_clip`` is the full-model
-    gradient-norm clip (None: off).
-    """
-
-    paste_probability: float = 0.2
-    trainable: tuple[str, ...] = ("pixel_decoder", "transformer_decoder", "class_head")
-    weight_decay: float = 0.05
     backbone_lr_factor: float = 0.1
     grad_clip: float | None = 0.01
     class_weight: float = 2.0
@@ -77,6 +70,44 @@ class MaskFinetuneRecipe(OutlierRecipe):
     no_object_weight: float = 0.1
     num_points: int = 12544
     ood_weight: float = 1.0
+
+    def set_criterion(self, *, deep_supervision: bool, outliers: str = "ignore"):
+        """The :class:`~ood_bench.models.mask2former_loss.SetCriterion` of these settings."""
+        from ood_bench.models.mask2former_loss import SetCriterion
+
+        return SetCriterion(self.class_weight, self.mask_weight, self.dice_weight,
+                            self.no_object_weight, self.num_points,
+                            deep_supervision=deep_supervision, outliers=outliers)
+
+    def optimizer(self, model: nn.Module, trainable: dict[str, list[nn.Parameter]], lr: float,
+                  weight_decay: float, clipped: Sequence[nn.Parameter]) -> torch.optim.AdamW:
+        """AdamW over ``trainable`` (:func:`adamw_groups`) whose every step first clips the
+        gradient norm of ``clipped`` to ``grad_clip``."""
+        optimizer = torch.optim.AdamW(adamw_groups(model, trainable, lr, weight_decay,
+                                                   self.backbone_lr_factor))
+        if self.grad_clip is not None:
+            parameters = list(clipped)
+
+            def clip(*_) -> None:
+                torch.nn.utils.clip_grad_norm_(parameters, self.grad_clip)
+
+            optimizer.register_step_pre_hook(clip)
+        return optimizer
+
+
+@dataclass(frozen=True)
+class MaskFinetuneRecipe(OutlierRecipe, SetLossSettings):
+    """Schedule, pasting, optimiser (AdamW, poly decay) and set-criterion weights.
+
+    ``trainable`` names the parameter groups that train: keys of ``model.param_groups()`` or
+    ``"mask_embed"`` (``model.mask_embed``). Norm and embedding parameters get no weight decay
+    (detectron2's ``WEIGHT_DECAY_NORM = WEIGHT_DECAY_EMBED = 0``); ``grad_clip`` clips the
+    trained parameters' gradient norm.
+    """
+
+    paste_probability: float = 0.2
+    trainable: tuple[str, ...] = ("pixel_decoder", "transformer_decoder", "class_head")
+    weight_decay: float = 0.05
     #: Pasted objects are background of every class mask (Mask2Anomaly), or ignored.
     outliers_in_masks: str = "background"
 
@@ -161,8 +192,6 @@ def fine_tune(name: str, model: nn.Module, dataset: Sequence, recipe: MaskFinetu
               progress: bool, checkpoint_every: int, threads: int, distributed: bool,
               on_step=None) -> tuple[nn.Module, str]:
     """Fine-tune a copy of ``model`` (the given one is untouched); returns (copy, cache key)."""
-    from ood_bench.models.mask2former_loss import SetCriterion
-
     if len(dataset) == 0:
         raise OodBenchError("the training set is empty")
     tuned = copy.deepcopy(model).to(device)
@@ -171,18 +200,9 @@ def fine_tune(name: str, model: nn.Module, dataset: Sequence, recipe: MaskFinetu
     for params in trainable.values():
         for parameter in params:
             parameter.requires_grad_(True)
-    optimizer = torch.optim.AdamW(adamw_groups(tuned, trainable, recipe.lr, recipe.weight_decay,
-                                               recipe.backbone_lr_factor))
-    if recipe.grad_clip is not None:
-        clipped = [p for params in trainable.values() for p in params]
-
-        def clip(*_) -> None:
-            torch.nn.utils.clip_grad_norm_(clipped, recipe.grad_clip)
-
-        optimizer.register_step_pre_hook(clip)
-    criterion = SetCriterion(recipe.class_weight, recipe.mask_weight, recipe.dice_weight,
-                             recipe.no_object_weight, recipe.num_points, deep_supervision=True,
-                             outliers=recipe.outliers_in_masks)
+    optimizer = recipe.optimizer(tuned, trainable, recipe.lr, recipe.weight_decay,
+                                 [p for params in trainable.values() for p in params])
+    criterion = recipe.set_criterion(deep_supervision=True, outliers=recipe.outliers_in_masks)
     key = {"model": model_fingerprint(model), "dataset": dataset_identity(dataset),
            "recipe": asdict(recipe), "outliers": outlier_identity(outliers)}
     settings = LoopSettings(recipe.steps, seed, checkpoint_every, threads, progress)

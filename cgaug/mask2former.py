@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from ood_bench.baselines.base import model_fingerprint, train_ids
-from ood_bench.baselines.mask2former_training import adamw_groups, norms_within
+from ood_bench.baselines.mask2former_training import SetLossSettings, norms_within
 from ood_bench.baselines.mask_classification import require_mask2former
 from ood_bench.baselines.outlier_exposure import OutlierSource, outlier_identity
 from ood_bench.baselines.training import (
@@ -60,27 +60,20 @@ OOD_TAPS = ("ood_class_logits", "mask_logits")
 
 
 @dataclass(frozen=True)
-class M2FCGAugRecipe(CGAugRecipe):
+class M2FCGAugRecipe(CGAugRecipe, SetLossSettings):
     """CG-Aug's recipe plus the Mask2Former stage-2 optimiser and set-loss settings."""
 
     stage2_weight_decay: float = 0.05
-    backbone_lr_factor: float = 0.1
-    grad_clip: float | None = 0.01
-    class_weight: float = 5.0
-    mask_weight: float = 10.0
-    dice_weight: float = 10.0
-    no_object_weight: float = 0.1
-    num_points: int = 12544
-    ood_weight: float = 1.0
     original_mask_factor: float = 2.0
 
 
 #: ``exps/M2F.yaml``: 50 epochs with the switch at epoch 5 → 4 + 45 epochs of 371 iterations
 #: (2975 pairs, batch 8 + 8), 700×700 crops with flips, Adam 1e-4 (wd 1e-4) then AdamW 1e-5,
-#: COCO objects rescaled by 0.1–1.0.
+#: COCO objects rescaled by 0.1–1.0; set losses class 5, mask 10, dice 10.
 REAL = M2FCGAugRecipe(stage1_steps=4 * 371, stage2_steps=45 * 371, batch_size=8,
                       crop=(700, 700), flip=True, stage2_lr=1e-5, margins=M2F_MARGINS,
-                      ce_weights=(0.0, 0.0), selection_ratio=None, outlier_scales=COCO_SCALES)
+                      ce_weights=(0.0, 0.0), selection_ratio=None, outlier_scales=COCO_SCALES,
+                      class_weight=5.0, mask_weight=10.0, dice_weight=10.0)
 #: CPU recipe of the synthetic benchmark: whole 64×128 frames, 100 + 100 steps, lr 1e-3 / 1e-4,
 #: 2048 points per mask, the synthetic outlier family at its rendered size.
 SYNTHETIC = replace(REAL, stage1_steps=100, stage2_steps=100, crop=None, stage1_lr=1e-3,
@@ -170,17 +163,8 @@ def stage_optimizer(model: nn.Module, stage: int, recipe: M2FCGAugRecipe
         return torch.optim.Adam(groups["ood_head"], lr=recipe.stage1_lr,
                                 weight_decay=recipe.weight_decay)
     model.requires_grad_(True)
-    optimizer = torch.optim.AdamW(adamw_groups(model, groups, recipe.stage2_lr,
-                                               recipe.stage2_weight_decay,
-                                               recipe.backbone_lr_factor))
-    if recipe.grad_clip is not None:
-        parameters = list(model.parameters())
-
-        def clip(*_) -> None:
-            torch.nn.utils.clip_grad_norm_(parameters, recipe.grad_clip)
-
-        optimizer.register_step_pre_hook(clip)
-    return optimizer
+    return recipe.optimizer(model, groups, recipe.stage2_lr, recipe.stage2_weight_decay,
+                            model.parameters())
 
 
 def train_two_stages(model: nn.Module, pairs: Sequence, outliers: OutlierSource | None,
@@ -190,14 +174,11 @@ def train_two_stages(model: nn.Module, pairs: Sequence, outliers: OutlierSource 
                      on_step=None) -> tuple[nn.Module, list[str]]:
     """Train a copy of ``model`` (with W°) in two cached stages; returns it (eval mode, no
     gradients) and the stages' cache keys. ``key`` identifies the model and the data."""
-    from ood_bench.models.mask2former_loss import SetCriterion
-
     dist = dist or Dist()
     device = torch.device(device)
     tuned = with_ood_head(model).to(device)
     backbone_norms = norms_within(tuned, tuned.param_groups()["backbone"])
-    criterion = SetCriterion(recipe.class_weight, recipe.mask_weight, recipe.dice_weight,
-                             recipe.no_object_weight, recipe.num_points, deep_supervision=False)
+    criterion = recipe.set_criterion(deep_supervision=False)
     keys: list[str] = []
     for stage, steps in ((1, recipe.stage1_steps), (2, recipe.stage2_steps)):
         if steps == 0:
