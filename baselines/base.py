@@ -110,9 +110,9 @@ class Method:
         return {"name": self.name, "smoothing": self.smoothing}
 
     @classmethod
-    def needs_training_data(cls, model: nn.Module) -> bool:
-        """Whether ``fit`` on ``model`` reads a training set (False for a model that already
-        carries the method's trained parts, e.g. CG-Aug's ``DeepLab_best.pth``)."""
+    def needs_training_data(cls, model: nn.Module, fit_options: dict[str, Any]) -> bool:
+        """Whether ``fit(model, …, **fit_options)`` reads a training set (False for a model
+        that already carries the method's trained parts, e.g. CG-Aug's ``DeepLab_best.pth``)."""
         return cls.requires_fit
 
     def fit(self, model: nn.Module, train_dataset: Any, **options: Any) -> None:

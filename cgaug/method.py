@@ -142,8 +142,8 @@ class CGAug(Method):
                 "bn_mode": self.bn_mode, "trained": self.trained_key}
 
     @classmethod
-    def needs_training_data(cls, model: nn.Module) -> bool:
-        return not has_ood_head(model)
+    def needs_training_data(cls, model: nn.Module, fit_options: dict[str, Any]) -> bool:
+        return bool(fit_options.get("retrain")) or not has_ood_head(model)
 
     def fit(self, model: nn.Module, train_dataset: Sequence, *, device: str | torch.device = "cpu",
             seed: int = 0, steps: int | None = None, max_frames: int | None = None,

@@ -574,7 +574,7 @@ def _fit(method, model: nn.Module, fit: dict[str, Any], options: RunOptions, dev
 
     from ood_bench.adapters import get_dataset
 
-    needs_data = method.needs_training_data(model) or "retrain" in fit["options"]
+    needs_data = method.needs_training_data(model, fit["options"])
     train = get_dataset(fit["dataset"], data_root=options.data_root) if needs_data else ()
     accepted = _fit_options(type(method))
     extra = {"max_frames": fit["frames"], "progress": show, "batch_size": options.batch_size,
@@ -664,8 +664,9 @@ def run_grid(
             models[str(checkpoint)] = load_run_model(model, checkpoint,
                                                      dict(model_options or {}), datasets[0])
     given = loaded or models.get(str(checkpoint))
-    if given is not None and "retrain" not in options.fit_options:
-        fitting = [method for method in fitting if method.needs_training_data(given.module)]
+    if given is not None:
+        fitting = [method for method in fitting
+                   if method.needs_training_data(given.module, options.fit_options)]
     if fitting:
         source = SYNTHETIC_SOURCE if checkpoint is None else "checkpoint"
         default = loaded.fit_dataset if loaded is not None else FIT_DATASETS[source]

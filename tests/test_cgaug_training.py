@@ -326,3 +326,13 @@ def test_ablation_modes_of_the_synthetic_generator():
                                              out["domain"].image.tobytes())
     with pytest.raises(OodBenchError, match="mode"):
         SyntheticGenerator(mode="blend")
+
+
+def test_training_data_is_needed_only_without_a_trained_head_or_to_retrain():
+    from ood_bench.cgaug.method import CGAug
+
+    plain = tiny_model(1)
+    trained = with_ood_head(plain)
+    assert CGAug.needs_training_data(plain, {})
+    assert not CGAug.needs_training_data(trained, {})
+    assert CGAug.needs_training_data(trained, {"retrain": True})
