@@ -47,7 +47,7 @@ DEFAULT_RECIPES: dict[str, dict[str, Any]] = {
         "steps": 3000, "batch_size": 8, "lr": 1e-3, "weight_decay": 0.05, "warmup": 0.02,
         "schedule": "poly",
         "criterion": {"class_weight": 2.0, "mask_weight": 5.0, "dice_weight": 5.0,
-                      "no_object_weight": 0.1, "num_points": 2048, "deep_supervision": True},
+                      "no_object_weight": 0.1, "num_points": 1024, "deep_supervision": True},
     },
 }
 WEIGHTS_DIR = Path(__file__).parent / "weights"

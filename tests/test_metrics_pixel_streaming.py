@@ -167,3 +167,39 @@ def test_merges_by_slices_equal_the_plain_path(seed):
             plain.add_bins(keys[shuffle], shifts[shuffle], total[shuffle], pos[shuffle])
         _assert_same_state(state, plain)
     assert not state.lossless  # pages were coarsened
+
+
+@pytest.mark.parametrize("block", [1, 7, 50])
+def test_blockwise_curve_sums_equal_one_block(monkeypatch, block):
+    # AUROC, AP and their bounds are summed block by block (with the cumulative counts carried
+    # in); any block size gives the one-block values, and AUROC / AP equal scikit-learn.
+    from ood_bench.metrics import curve
+    from ood_bench.metrics.histogram import distinct_counts
+
+    scores, labels = _spread_pool(3_000, 9)
+    scores = np.round(np.log10(np.abs(scores)), 1).astype(np.float32)  # heavy ties: wide bins
+    counts = distinct_counts(scores, labels == 1)
+    assert counts.thresholds.size > 2 * block  # several blocks
+    whole = summarize(counts, "first", binned=True)
+    monkeypatch.setattr(curve, "_BLOCK", block)
+    blocked = summarize(counts, "first", binned=True)
+    assert blocked["auroc"] == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
+    assert blocked["ap"] == pytest.approx(average_precision_score(labels, scores), abs=1e-12)
+    for name in ("auroc", "ap", "fpr95"):
+        assert blocked["error_bound"][name] > 0
+        assert blocked["error_bound"][name] == pytest.approx(whole["error_bound"][name],
+                                                             rel=1e-12)
+
+
+def test_tpr_level_found_on_integer_counts_equals_float_search():
+    # FPR@95 and its bound locate the 95 % TPR level on the integer true-positive counts; it
+    # must pick the points the float64 TPR array would, including TPR exactly 0.95 (n % 20 == 0).
+    from ood_bench.metrics.curve import OperatingPoints, _level_points
+
+    for n_pos in [*range(1, 400), 10**6, 20 * 10**6 + 1, 20 * 10**9, 3 * 10**12 + 7]:
+        near = 0.95 * n_pos
+        tp = np.unique(np.clip(np.r_[0, np.arange(int(near) - 3, int(near) + 4), n_pos], 0, n_pos))
+        points = OperatingPoints(tp.astype(np.float64), tp, tp, tp, tp)
+        tpr = tp / n_pos
+        assert _level_points(points) == (int(np.searchsorted(tpr, 0.95)),
+                                         int(np.searchsorted(tpr, 0.95, side="right")))

@@ -11,6 +11,7 @@ For binned counts each threshold stands for a bin of scores whose internal order
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -76,8 +77,8 @@ class OperatingPoints:
 
 def operating_points(counts: ScoreCounts) -> OperatingPoints:
     """Scan the thresholds from high to low; raise if the pool lacks a class."""
-    pos = np.ascontiguousarray(counts.pos[::-1], dtype=np.int64)
-    neg = np.ascontiguousarray(counts.neg[::-1], dtype=np.int64)
+    pos = counts.pos[::-1].astype(np.int64, copy=False)  # reversed views: no copies
+    neg = counts.neg[::-1].astype(np.int64, copy=False)
     points = OperatingPoints(counts.thresholds[::-1], pos, neg, np.cumsum(pos), np.cumsum(neg))
     if points.n_pos == 0 or points.n_neg == 0:
         missing = "positive (OOD, label 1)" if points.n_pos == 0 else "negative (label 0)"
@@ -95,30 +96,71 @@ def check_fpr_at(fpr_at: str) -> str:
     return fpr_at
 
 
-def _dot(a: np.ndarray, b: np.ndarray) -> float:
-    """Float64 dot product by pairwise summation: single-threaded (BLAS ``dot`` spawns threads
-    that cost milliseconds on a loaded machine) and at least as accurate."""
-    return float(np.multiply(a, b, dtype=np.float64).sum())
+#: Thresholds per block of the summations: the temporaries of a block stay in the CPU cache (whole
+#: arrays of a large pool would each be a fresh, uncached allocation).
+_BLOCK = 1 << 15
+
+
+def _blockwise(terms, *arrays: np.ndarray) -> float:
+    """Float64 sum of ``terms(*block_slices)`` over blocks of the equally long ``arrays``."""
+    size = arrays[0].size
+    return float(sum(terms(*(array[start:start + _BLOCK] for array in arrays))
+                     for start in range(0, size, _BLOCK)))
+
+
+def _auroc_terms(pos: np.ndarray, neg: np.ndarray, tp: np.ndarray) -> float:
+    """Sum of ``neg * (tp - pos / 2)``: each threshold's negatives times the true positives
+    ranked above them, ties counted half."""
+    tp_before_plus_half = tp - 0.5 * pos
+    tp_before_plus_half *= neg
+    return tp_before_plus_half.sum()
+
+
+def _pair_terms(pos: np.ndarray, neg: np.ndarray) -> float:
+    """Sum of ``pos * neg``: positive-negative pairs tied in one threshold."""
+    return np.multiply(pos, neg, dtype=np.float64).sum()
+
+
+def _ap_terms(pos: np.ndarray, tp: np.ndarray, fp: np.ndarray) -> float:
+    """Sum of ``pos * precision``: thresholds without positives add 0 (no selection needed;
+    ``tp + fp`` is 0 only before the first threshold with pixels)."""
+    precision = tp / np.maximum(tp + fp, 1)
+    precision *= pos
+    return precision.sum()
 
 
 def auroc(points: OperatingPoints) -> float:
     """Trapezoid area under the ROC curve, ties counted half (= ``roc_auc_score``)."""
-    tp_before_plus_half = points.tp - 0.5 * points.pos
-    return _dot(points.neg, tp_before_plus_half) / (
-        points.n_pos * points.n_neg)
+    area = _blockwise(_auroc_terms, points.pos, points.neg, points.tp)
+    return area / (points.n_pos * points.n_neg)
 
 
 def average_precision(points: OperatingPoints) -> float:
     """Step sum of precision over recall increments (= ``average_precision_score``)."""
-    hit = points.pos > 0
-    tp = points.tp[hit]
-    precision = tp / (tp + points.fp[hit])
-    return _dot(points.pos[hit], precision) / points.n_pos
+    return _blockwise(_ap_terms, points.pos, points.tp, points.fp) / points.n_pos
+
+
+def _level_points(points: OperatingPoints) -> tuple[int, int]:
+    """How many operating points (high to low threshold) have TPR < 0.95, and how many have
+    TPR <= 0.95 (TPR as the float64 ``tp / n_pos`` is non-decreasing).
+
+    Found on the integer ``tp`` (no TPR array): ``reach`` is the smallest true-positive count
+    whose TPR reaches the level; the float division is monotone in ``tp``.
+    """
+    n_pos = points.n_pos
+    reach = math.ceil(TPR_LEVEL * n_pos)
+    while reach > 0 and (reach - 1) / n_pos >= TPR_LEVEL:
+        reach -= 1
+    while reach / n_pos < TPR_LEVEL:
+        reach += 1
+    at_most = reach if reach / n_pos == TPR_LEVEL else reach - 1  # largest count with TPR <= level
+    return (int(np.searchsorted(points.tp, reach)),
+            int(np.searchsorted(points.tp, at_most, side="right")))
 
 
 def _first_at_level(points: OperatingPoints) -> int:
     """Index of the first operating point (high to low threshold) with TPR >= 0.95."""
-    return int(np.searchsorted(points.tp / points.n_pos, TPR_LEVEL))  # TPR is non-decreasing
+    return _level_points(points)[0]
 
 
 def fpr_at_95(points: OperatingPoints, fpr_at: str) -> tuple[float, float]:
@@ -134,12 +176,11 @@ def fpr_at_95(points: OperatingPoints, fpr_at: str) -> tuple[float, float]:
       and "always above 0.95" branches cannot trigger on such a curve). Its threshold is that of
       the first point with TPR >= 0.95, as for ``first``.
     """
-    tpr = points.tp / points.n_pos
-    fpr = points.fp / points.n_neg
     index = _first_at_level(points)
     if fpr_at == "first":
-        value = fpr[index]
-    elif fpr_at == "interpolated":
+        return float(points.fp[index] / points.n_neg), float(points.thresholds[index])
+    tpr, fpr = points.tp / points.n_pos, points.fp / points.n_neg
+    if fpr_at == "interpolated":
         value = np.interp(TPR_LEVEL, np.r_[0.0, tpr], np.r_[0.0, fpr])
     else:
         last = int(np.argmax(points.tp == points.n_pos))
@@ -149,8 +190,9 @@ def fpr_at_95(points: OperatingPoints, fpr_at: str) -> tuple[float, float]:
     return float(value), float(points.thresholds[index])
 
 
-def _ap_bin_gaps(points: OperatingPoints) -> np.ndarray:
-    """Per positive bin: the largest AP change (x n_pos) any order inside the bin can cause.
+def _ap_gap_terms(pos: np.ndarray, neg: np.ndarray, tp: np.ndarray, fp: np.ndarray) -> float:
+    """Sum over positive bins of the largest AP change (x n_pos) any order inside the bin can
+    cause.
 
     With ``a`` true positives and ``c`` predictions before a bin holding ``p`` positives and
     ``n`` negatives, the bin adds ``p (a+p) / (c+p+n)`` to ``n_pos * AP`` when tied (binned). Any
@@ -159,29 +201,27 @@ def _ap_bin_gaps(points: OperatingPoints) -> np.ndarray:
     ``B - L = d (sum_j 1/(x+j) - p/(x+p))`` with ``x = c+n``, ``d = x-a``; the sum is bounded by
     the midpoint rule for the convex ``1/(x+t)``: ``log1p(p / (x + 1/2))``. A bin with one
     positive and no negative has ``L = B = U`` (one possible order): it gets no gap.
+    In terms of the cumulative counts after the bin, ``a + p = tp``, ``c + p + n = tp + fp`` and
+    ``d = fp``. Computed for every bin without selecting (bins without positives give 0).
     """
-    hit = (points.pos > 1) | ((points.pos == 1) & (points.neg > 0))  # else L = B = U
-    p = points.pos[hit].astype(np.float64)
-    n = points.neg[hit].astype(np.float64)
-    a = points.tp[hit] - p
-    total = points.fp[hit] - n
-    total += a  # c
-    x = total + n
-    total += p  # c + p
-    upper = a + p  # U - B = p (a+p) n / ((c+p) (c+p+n)), in place (large pools: fewer temporaries)
-    upper *= p
-    upper *= n
+    p = pos.astype(np.float64)
+    total = tp + fp  # c + p + n
+    before = total - neg  # c + p
+    np.maximum(before, 1, out=before)  # 0 only before the first positive, where p = 0
+    np.maximum(total, 1, out=total)  # likewise (leading empty bins)
+    upper = p * tp  # U - B = p (a+p) n / ((c+p) (c+p+n))
+    upper *= neg
+    upper /= before
     upper /= total
-    total += n  # c + p + n = x + p
-    upper /= total
-    lower = x + 0.5  # B - L <= (x-a) max(log1p(p / (x+1/2)) - p/(x+p), 0)
+    lower = total - p  # B - L <= d max(log1p(p / (x+1/2)) - p/(x+p), 0), x = c + n
+    lower += 0.5
     np.divide(p, lower, out=lower)
     np.log1p(lower, out=lower)
     lower -= np.divide(p, total, out=p)
     np.maximum(lower, 0.0, out=lower)
-    x -= a
-    lower *= x
-    return np.maximum(upper, lower, out=upper)
+    lower *= fp
+    lower *= (pos > 1) | (neg > 0)  # one positive and no negative: L = B = U, no gap
+    return np.maximum(upper, lower, out=upper).sum()
 
 
 def _fpr_bound(points: OperatingPoints, fpr_at: str) -> float:
@@ -189,31 +229,35 @@ def _fpr_bound(points: OperatingPoints, fpr_at: str) -> float:
 
     Corners (cumulative counts after each bin, origin first) are operating points of both the
     exact and the binned curve; inside a bin the exact curve can take any monotone path.
+    Corner ``k`` is the origin for ``k = 0``, else the point after bin ``k - 1``.
     """
-    tp = np.r_[0, points.tp]
-    fp = np.r_[0, points.fp]
-    recall = tp / points.n_pos  # non-decreasing
-    first = int(np.searchsorted(recall, TPR_LEVEL))  # first corner at the level (>= 1)
-    last_below = int(np.searchsorted(recall, TPR_LEVEL, side="right")) - 1  # last at or below
+    def fp(corner: int) -> int:
+        return int(points.fp[corner - 1]) if corner else 0
+
+    below, at_most = _level_points(points)
+    first = 1 + below  # first corner at the level
+    last_below = at_most  # last corner at or below the level
     if fpr_at == "first":
-        low, high = fp[first - 1], fp[first]
+        low, high = fp(first - 1), fp(first)
     elif fpr_at == "interpolated":
-        low, high = fp[last_below], fp[last_below + 1]
+        low, high = fp(last_below), fp(last_below + 1)
     else:  # closest: the lowest threshold of the recall level just above may enter the next bin
-        low = fp[last_below]
-        if tp[first] < points.n_pos:
-            high = fp[int(np.flatnonzero(tp == tp[first])[-1]) + 1]
+        low = fp(last_below)
+        level = points.tp[first - 1]
+        if level < points.n_pos:  # corner after the last point at this level, then one more
+            high = fp(int(np.searchsorted(points.tp, level, side="right")) + 1)
         else:
-            high = fp[first]
+            high = fp(first)
     return float(high - low) / points.n_neg
 
 
 def error_bounds(points: OperatingPoints, fpr_at: str) -> dict[str, float]:
     """Certified bounds on |binned - exact| for each metric when every threshold is a bin."""
     bounds = {
-        "auroc": 0.5 * _dot(points.pos, points.neg)
+        "auroc": 0.5 * _blockwise(_pair_terms, points.pos, points.neg)
         / (points.n_pos * points.n_neg),
-        "ap": float(_ap_bin_gaps(points).sum()) / points.n_pos,
+        "ap": _blockwise(_ap_gap_terms, points.pos, points.neg, points.tp, points.fp)
+        / points.n_pos,
         "fpr95": _fpr_bound(points, fpr_at),
     }
     return {name: value + _ROUNDING_SLACK if value > 0 else 0.0 for name, value in bounds.items()}

@@ -129,14 +129,18 @@ class ExactCounts:
         return merged.thresholds.nbytes + merged.pos.nbytes + merged.neg.nbytes
 
 
-def float32_keys(scores: np.ndarray) -> np.ndarray:
+def float32_keys(scores: np.ndarray, out: tuple[np.ndarray, np.ndarray] | None = None
+                 ) -> np.ndarray:
     """Order-preserving uint32 keys of float32 scores (-0.0 keyed as 0.0).
 
     Non-negative floats get the sign bit set; negative floats have all bits flipped, so
     unsigned key order equals float order over the whole range, infinities included.
+    ``out``: a float32 and a uint32 buffer of the scores' size (no new arrays).
     """
-    normalized = scores + np.float32(0.0)  # turns -0.0 into +0.0
-    keys = (normalized.view(np.int32) >> 31).view(np.uint32)
+    normalized, keys = (None, None) if out is None else out
+    normalized = np.add(scores, np.float32(0.0), out=normalized)  # turns -0.0 into +0.0
+    keys = np.right_shift(normalized.view(np.int32), 31,
+                          out=None if keys is None else keys.view(np.int32)).view(np.uint32)
     keys |= _SIGN
     keys ^= normalized.view(np.uint32)
     return keys
@@ -193,6 +197,7 @@ class BinnedCounts:
         self._shift = np.full(self.N_PAGES, self.PAGE_BITS, dtype=np.uint16)
         self._used = 0
         self._seen_total = self._seen_pos = 0  # pixels counted so far (shares of new pages)
+        self._buffers: tuple[np.ndarray, ...] | None = None  # see _scratch
         self._allocate_storage(np.int32)
 
     def _allocate_storage(self, dtype: type) -> None:
@@ -262,9 +267,11 @@ class BinnedCounts:
                 rounded = part.astype(np.float32)
                 self.rounded = self.rounded or bool(np.any(rounded != part))
                 part = rounded
-            keys = float32_keys(part)
-            pages, low = self._split(keys)
-            index = self._count(pages, low, np.take(self._offset, pages), hit)
+            scratch = self._scratch(part.size)
+            keys = float32_keys(part, scratch[:2])
+            pages, low = self._split(keys, out=scratch[2])
+            offsets = np.take(self._offset, pages, out=scratch[3], mode="clip")  # pages < 2**16
+            index = self._count(pages, low, offsets, hit, shifts=scratch[4])
             if self._bins[-1]:  # pixels of pages without bins went to the trash bin
                 self._bins[-1] = self._pos[-1] = 0
                 missing = index == self.capacity
@@ -275,24 +282,40 @@ class BinnedCounts:
                     self._make_room(pages, 1, pages[hit], 1, None)
                     self._count(pages, low, np.take(self._offset, pages), hit)
 
+    def _scratch(self, size: int) -> tuple[np.ndarray, ...]:
+        """Buffers for the temporaries of a slice of ``size`` pixels (reused by every slice:
+        no fresh memory per slice): float32 and uint32 keys, intp pages and storage indices,
+        uint16 shifts."""
+        if self._buffers is None or self._buffers[0].size < size:
+            room = max(size, self.SLICE)
+            self._buffers = (np.empty(room, np.float32), np.empty(room, np.uint32),
+                             np.empty(room, np.intp), np.empty(room, np.intp),
+                             np.empty(room, np.uint16))
+        return tuple(buffer[:size] for buffer in self._buffers)
+
     def _count(self, pages: np.ndarray, low: np.ndarray, offsets: np.ndarray,
-               hit: np.ndarray) -> np.ndarray:
+               hit: np.ndarray, shifts: np.ndarray | None = None) -> np.ndarray:
         """Add one to the bin of every key (given split); return the storage indices
-        (``offsets``, reused; the trash bin for pages without bins)."""
-        index = self._storage_index(pages, low, offsets)
+        (``offsets``, reused; the trash bin for pages without bins). ``shifts``: an optional
+        uint16 buffer of the keys' size."""
+        index = self._storage_index(pages, low, offsets, shifts)
         one = self._bins.dtype.type(1)  # a scalar of the storage dtype: np.add.at's fast path
         np.add.at(self._bins, index, one)
-        np.add.at(self._pos, index[hit], one)
+        np.add.at(self._pos, np.compress(hit, index), one)  # faster than a mask for few hits
         return index
 
     _HIGH = slice(1, None, 2) if np.little_endian else slice(0, None, 2)
     _LOW = slice(0, None, 2) if np.little_endian else slice(1, None, 2)
 
-    def _split(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Page (high 16 bits, as intp) and key within the page (low 16 bits: a uint16 view,
-        no arithmetic) of uint32 keys."""
+    def _split(self, keys: np.ndarray, out: np.ndarray | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """Page (high 16 bits, as intp; into the intp buffer ``out`` if given) and key within
+        the page (low 16 bits: a uint16 view, no arithmetic) of uint32 keys."""
         halves = keys.view(np.uint16)
-        return halves[self._HIGH].astype(np.intp), halves[self._LOW]
+        if out is None:
+            return halves[self._HIGH].astype(np.intp), halves[self._LOW]
+        np.copyto(out, halves[self._HIGH])
+        return out, halves[self._LOW]
 
     def add_bins(self, keys: np.ndarray, shifts: np.ndarray, total: np.ndarray,
                  pos: np.ndarray) -> None:
@@ -315,10 +338,16 @@ class BinnedCounts:
         np.add.at(self._bins, index, total.astype(self._bins.dtype))
         np.add.at(self._pos, index, pos.astype(self._pos.dtype))
 
-    def _storage_index(self, pages: np.ndarray, low: np.ndarray, offsets: np.ndarray):
+    def _storage_index(self, pages: np.ndarray, low: np.ndarray, offsets: np.ndarray,
+                       shifts: np.ndarray | None = None):
         """Storage index of each key: its page's offset + (its key within the page ``low`` >>
-        the page's shift); reuses ``offsets`` (``take(self._offset, pages)``)."""
-        offsets += np.right_shift(low, np.take(self._shift, pages))
+        the page's shift); reuses ``offsets`` (``take(self._offset, pages)``) and the uint16
+        buffer ``shifts`` if given."""
+        if shifts is None:  # any integer ``low`` (uint16 in the per-pixel path)
+            offsets += np.right_shift(low, np.take(self._shift, pages))
+        else:
+            np.take(self._shift, pages, out=shifts, mode="clip")  # pages < 2**16
+            offsets += np.right_shift(low, shifts, out=shifts)
         return offsets
 
     def _make_room(self, pages, total, pos_pages, pos, required) -> None:
@@ -326,14 +355,12 @@ class BinnedCounts:
         the positives with ``pos``), re-laying out every page when the budget or a coarser
         ``required`` resolution demands it. A new page's share is taken of all pixels so far.
         """
-        new_pages = np.sort(pages)
-        first = np.ones(new_pages.size, dtype=bool)  # empty when only re-binning is required
-        first[1:] = new_pages[1:] != new_pages[:-1]
-        new_pages = new_pages[first]
-        new_total = np.bincount(np.searchsorted(new_pages, pages),
-                                np.broadcast_to(total, pages.shape), new_pages.size)
-        new_pos = np.bincount(np.searchsorted(new_pages, pos_pages),
-                              np.broadcast_to(pos, pos_pages.shape), new_pages.size)
+        # Per-page sums by bincount over the page directory (no sort of the pixels' pages).
+        new_pages = np.flatnonzero(np.bincount(pages, minlength=self.N_PAGES))  # may be empty
+        new_total = np.bincount(pages, np.broadcast_to(total, pages.shape),
+                                self.N_PAGES)[new_pages]
+        new_pos = np.bincount(pos_pages, np.broadcast_to(pos, pos_pages.shape),
+                              self.N_PAGES)[new_pages]
         share = self._share(new_total, new_pos, self._seen_total, self._seen_pos)
         if required is None:  # only new pages: full resolution while it fits, else by share
             shifts = np.zeros(new_pages.size, dtype=np.intp)
@@ -458,15 +485,17 @@ class BinnedCounts:
         return pages, self._offset[pages], self._shift[pages].astype(np.intp), \
             rank.astype(np.uint16)
 
-    def _stored_keys(self, index: np.ndarray, layout: tuple[np.ndarray, ...]):
-        """Lowest key (uint32) and shift (uint8) of the bins at storage ``index`` (ascending);
-        per-page values are repeated over each page's bins (few temporaries)."""
+    def _stored_keys(self, index: np.ndarray, layout: tuple[np.ndarray, ...], *,
+                     with_shifts: bool = True):
+        """Lowest key (uint32) and shift (uint8; None unless ``with_shifts``) of the bins at
+        storage ``index`` (ascending); per-page values are repeated over each page's bins."""
         pages, offsets, shifts, _ = layout
         per_page = np.diff(np.searchsorted(index, offsets), append=index.size)  # offsets[0] = 0
         keys = index - np.repeat(offsets, per_page)
         keys <<= np.repeat(shifts, per_page)
         keys |= np.repeat(pages << self.PAGE_BITS, per_page)
-        return keys.astype(np.uint32), np.repeat(shifts.astype(np.uint8), per_page)
+        bin_shifts = np.repeat(shifts.astype(np.uint8), per_page) if with_shifts else None
+        return keys.astype(np.uint32), bin_shifts
 
     def _nonempty(self) -> np.ndarray:
         """Storage indices of the non-empty bins, ascending."""
@@ -505,20 +534,14 @@ class BinnedCounts:
         total, pos = self._bins[:used], self._pos[:used]
         layout = self._pages_by_storage()
         run_start = self._key_runs(layout[3])
-        hit = self._hit_bins(pos)
-        cuts = np.empty(2 * hit.size, dtype=np.intp)
-        cuts[0::2], cuts[1::2] = hit, hit + 1  # ascending, as hit is
-        starts = layout[1][run_start]
-        cuts = np.insert(cuts, np.searchsorted(cuts, starts), starts)
-        distinct = np.ones(cuts.size, dtype=bool)
-        distinct[1:] = cuts[1:] != cuts[:-1]
-        cuts = cuts[distinct & (cuts < used)]  # cuts[0] == 0: the first run starts storage
+        starts = layout[1][run_start]  # ascending; starts[0] == 0: the first run starts storage
+        cuts = self._cut_points(pos, starts)
         before, first, stored = self._scan(total, cuts)
-        piece_total = np.r_[before[1:], stored] - before
+        piece_total = np.diff(before, append=stored)
         keep = piece_total > 0
         first, piece_total = first[keep], piece_total[keep]
         piece_pos = pos[cuts[keep]].astype(np.int64)  # a bin with positives is its own piece
-        keys = self._stored_keys(first, layout)[0]
+        keys = self._stored_keys(first, layout, with_shifts=False)[0]
         if starts.size > 1:  # put the runs (each a key-ordered stretch of pieces) in key order
             order = self._runs_in_key_order(np.searchsorted(first, starts),
                                             layout[3][run_start], first.size)
@@ -538,14 +561,21 @@ class BinnedCounts:
     #: Bins per block when ``counts()`` reads the storage (temporaries stay in the CPU cache).
     BLOCK = 1 << 16
 
-    def _hit_bins(self, pos: np.ndarray) -> np.ndarray:
-        """Storage indices of the bins holding positives, ascending."""
-        flags = np.empty(min(self.BLOCK, pos.size), dtype=bool)
+    def _cut_points(self, pos: np.ndarray, starts: np.ndarray) -> np.ndarray:
+        """Ascending storage indices where ``counts()`` cuts the storage: every bin holding
+        positives, the bin after it, and the run ``starts`` (ascending)."""
+        flags = np.empty(min(self.BLOCK, pos.size) + 1, dtype=bool)
+        flags[0] = False  # flags[1:]: the block's bins with positives; flags[0]: the bin before
         parts = []
         for start in range(0, pos.size, self.BLOCK):
             block = pos[start:start + self.BLOCK]
-            np.not_equal(block, 0, out=flags[:block.size])
-            parts.append(np.flatnonzero(flags[:block.size]) + start)
+            hit = flags[1:block.size + 1]
+            np.not_equal(block, 0, out=hit)
+            cut = hit | flags[:block.size]  # a bin with positives or right after one
+            cut[starts[np.searchsorted(starts, start):np.searchsorted(starts, start + block.size)]
+                - start] = True
+            parts.append(np.flatnonzero(cut) + start)
+            flags[0] = hit[-1]
         return np.concatenate(parts)
 
     def _scan(self, total: np.ndarray, cuts: np.ndarray) -> tuple[np.ndarray, ...]:

@@ -67,6 +67,8 @@ def _prepare(scores: Any, labels: Any, ignore_index: int, frame: Any) -> tuple[n
             f"scores{where} contain {n_nan} NaN and {n_inf} infinite values on evaluated "
             "pixels; every pixel that is not ignore_index needs a finite score"
         )
+    if binary and labels.itemsize == 1:  # 0/1 bytes are valid booleans: no new array
+        return scores, labels.view(np.bool_)
     return scores, labels == 1
 
 

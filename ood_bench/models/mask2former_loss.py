@@ -181,22 +181,22 @@ def mask_dice(logits: Tensor, targets: Tensor, weights: Tensor | None = None) ->
 def pairwise_mask_costs(
     logits: Tensor, targets: Tensor, weights: Tensor | None = None
 ) -> tuple[Tensor, Tensor]:
-    """BCE and dice cost of every prediction (Q×P logits) vs every target (K×P) → two Q×K.
+    """BCE and dice cost of every prediction (…×Q×P logits) vs every target (…×K×P) → two
+    …×Q×K (leading dimensions: a batch of images).
 
     Entry (q, k) equals ``mask_bce``/``mask_dice`` of prediction q vs target k, computed for all
-    pairs at once; ``weights`` (P) weighs the points (shared by all pairs).
+    pairs at once; ``weights`` (…×P) weighs the points (shared by all pairs of an image).
     """
-    weights = torch.ones_like(logits[0]) if weights is None else weights
-    positive = F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits),
-                                                  reduction="none")
-    negative = F.binary_cross_entropy_with_logits(logits, torch.zeros_like(logits),
-                                                  reduction="none")
-    bce = ((positive * weights) @ targets.T + (negative * weights) @ (1 - targets).T)
-    bce = bce / weights.sum().clamp(min=1.0)
+    weights = torch.ones_like(logits[..., 0, :]) if weights is None else weights
+    weights = weights[..., None, :]
+    # BCE(x, t) = softplus(x) − t·x: one softplus for all pairs
+    bce = (F.softplus(logits) * weights).sum(-1, keepdim=True) - (logits * weights) @ \
+        targets.transpose(-1, -2)
+    bce = bce / weights.sum(-1, keepdim=True).clamp(min=1.0)
     probs, weighted_targets = logits.sigmoid() * weights, targets * weights
-    numerator = 2 * probs @ weighted_targets.T + 1
-    dice = 1 - numerator / (probs.sum(1)[:, None] + weighted_targets.sum(1)[None] + 1)
-    return bce, dice
+    numerator = 2 * probs @ weighted_targets.transpose(-1, -2) + 1
+    denominator = probs.sum(-1)[..., :, None] + weighted_targets.sum(-1)[..., None, :] + 1
+    return bce, 1 - numerator / denominator
 
 
 Match = tuple[Tensor, Tensor]
@@ -213,34 +213,80 @@ def hungarian_match(
     dice_weight: float = 5.0,
     num_points: int = DEFAULT_POINTS,
     generator: torch.Generator | None = None,
+    batch: TargetBatch | None = None,
 ) -> list[Match]:
     """One-to-one query↔target assignment per image minimising the weighted matching cost.
 
     ``class_logits``: N×Q×(C+1); ``mask_logits``: N×Q×h×w. Returns per image (query indices,
     target indices), int64, sorted by query. The mask costs use ``num_points`` uniform random
-    points per image, the same for every query and target (as Mask2Former).
+    points per image, the same for every query and target (as Mask2Former). ``batch``: the
+    targets already padded (:meth:`TargetBatch.of`), to share between decoder layers.
     """
     _check_outputs(class_logits, mask_logits, targets)
-    matches = []
-    for image, target in enumerate(targets):
-        if target.labels.numel() == 0:
-            empty = torch.empty(0, dtype=torch.long)
-            matches.append((empty, empty))
-            continue
-        probs = class_logits[image].float().softmax(-1)
-        cost_class = -probs[:, target.labels.to(probs.device)]
-        coords = random_points(1, num_points, generator, mask_logits.device)
-        predicted = point_sample(mask_logits[image].float(), coords.expand(len(probs), -1, -1))
-        wanted = point_sample(target.masks.float().to(predicted.device),
-                              coords.expand(len(target.labels), -1, -1))
-        weights = point_sample(target.valid[None].float().to(predicted.device), coords,
-                               mode="nearest")[0]
-        cost_bce, cost_dice = pairwise_mask_costs(predicted, wanted, weights)
-        cost = class_weight * cost_class + mask_weight * cost_bce + dice_weight * cost_dice
-        rows, columns = linear_sum_assignment(cost.cpu().double().numpy())
-        matches.append((torch.as_tensor(rows, dtype=torch.long),
-                        torch.as_tensor(columns, dtype=torch.long)))
+    empty = torch.empty(0, dtype=torch.long)
+    matches: list[Match] = [(empty, empty)] * len(targets)
+    batch = batch or TargetBatch.of(targets, mask_logits.device)
+    if batch is None:
+        return matches
+    coords = random_points(len(batch.images), num_points, generator, mask_logits.device)
+    grid = 2.0 * coords[:, None] - 1.0
+    chosen = torch.as_tensor(batch.images, device=mask_logits.device)
+    predicted = _sample_batch(mask_logits[chosen].float(), grid)
+    wanted = _sample_batch(batch.masks, grid)
+    weights = _sample_batch(batch.valid[:, None], grid, mode="nearest")[:, 0]
+    cost_bce, cost_dice = pairwise_mask_costs(predicted, wanted, weights)
+    probs = class_logits[chosen].float().softmax(-1)
+    cost_class = -torch.gather(probs, 2, batch.labels[:, None].expand(-1, probs.shape[1], -1))
+    cost = (class_weight * cost_class + mask_weight * cost_bce + dice_weight * cost_dice)
+    cost = cost.cpu().double().numpy()
+    for row, (image, size) in enumerate(zip(batch.images, batch.sizes, strict=True)):
+        rows, columns = linear_sum_assignment(cost[row, :, :size])
+        matches[image] = (torch.as_tensor(rows, dtype=torch.long),
+                          torch.as_tensor(columns, dtype=torch.long))
     return matches
+
+
+@dataclass
+class TargetBatch:
+    """A batch's targets as padded tensors, built once and shared by every decoder layer.
+
+    ``images``: the images with at least one target; row r of ``labels`` (R×K, padded with 0),
+    ``masks`` (R×K×H×W float, padded with empty masks) and ``valid`` (R×H×W float) belongs to
+    image ``images[r]``, which has ``sizes[r]`` targets; ``row_of`` maps image → row.
+    """
+
+    images: list[int]
+    sizes: list[int]
+    labels: Tensor
+    masks: Tensor
+    valid: Tensor
+
+    @property
+    def row_of(self) -> dict[int, int]:
+        return {image: row for row, image in enumerate(self.images)}
+
+    @classmethod
+    def of(cls, targets: Sequence[SemanticTarget], device: torch.device) -> TargetBatch | None:
+        """The padded batch, or None when no image has a target."""
+        images = [i for i, target in enumerate(targets) if target.labels.numel()]
+        if not images:
+            return None
+        sizes = [len(targets[i].labels) for i in images]
+        labels = torch.zeros(len(images), max(sizes), dtype=torch.long, device=device)
+        masks = torch.zeros(len(images), max(sizes), *targets[images[0]].masks.shape[1:],
+                            device=device)
+        for row, (image, size) in enumerate(zip(images, sizes, strict=True)):
+            labels[row, :size] = targets[image].labels
+            masks[row, :size] = targets[image].masks
+        valid = torch.stack([targets[i].valid for i in images]).float().to(device)
+        return cls(images, sizes, labels, masks, valid)
+
+
+def _sample_batch(maps: Tensor, grid: Tensor, mode: str = "bilinear") -> Tensor:
+    """Values of N×C×h×w ``maps`` at N×1×P×2 grid coordinates in [-1, 1] → N×C×P (the
+    sampling convention of :func:`point_sample`)."""
+    return F.grid_sample(maps, grid.to(maps.dtype), mode=mode, padding_mode="border",
+                         align_corners=False)[:, :, 0]
 
 
 def classification_loss(
@@ -345,10 +391,12 @@ class SetCriterion:
         selected = self._selection(point_selection, len(targets))
         device = taps["mask_logits"].device
         targets = [target.to(device) for target in targets]
+        batch = TargetBatch.of(targets, device)
         terms: dict[str, Tensor] = {}
         total = taps["mask_logits"].new_zeros(())
         for suffix, class_logits, mask_logits in layers:
-            layer = self.layer_losses(class_logits, mask_logits, targets, selected, generator)
+            layer = self.layer_losses(class_logits, mask_logits, targets, selected, generator,
+                                      batch)
             for kind, value in layer.items():
                 terms[f"{kind}{suffix}"] = value
                 total = total + self.weights[kind] * value
@@ -366,29 +414,37 @@ class SetCriterion:
 
     def layer_losses(
         self, class_logits: Tensor, mask_logits: Tensor, targets: Sequence[SemanticTarget],
-        selected: Tensor, generator: torch.Generator,
+        selected: Tensor, generator: torch.Generator, batch: TargetBatch | None,
     ) -> dict[str, Tensor]:
         """Unweighted ``loss_ce``, ``loss_mask``, ``loss_dice`` of one decoder layer."""
         matches = hungarian_match(
             class_logits, mask_logits, targets, class_weight=self.weights["loss_ce"],
             mask_weight=self.weights["loss_mask"], dice_weight=self.weights["loss_dice"],
-            num_points=self.num_points, generator=generator,
+            num_points=self.num_points, generator=generator, batch=batch,
         )
         losses = {"loss_ce": classification_loss(class_logits, matches, targets,
                                                  self.no_object_weight)}
         num_masks = max(sum(len(t.labels) for t in targets), 1)
+        # every matched mask of the batch at once: flagged images' masks, then the others
+        groups = {True: [], False: []}
+        for image, (queries, indices) in enumerate(matches):
+            if len(queries):
+                groups[bool(selected[image])].append((image, queries, indices))
         bce, dice = [], []
-        for image, ((queries, indices), target) in enumerate(zip(matches, targets, strict=True)):
-            if len(queries) == 0:
+        device = mask_logits.device
+        for clean, group in groups.items():
+            if not group:
                 continue
-            predicted = mask_logits[image, queries.to(mask_logits.device)].float()
-            wanted = target.masks[indices.to(target.masks.device)]
-            coords = self._points(predicted, wanted, target.valid, bool(selected[image]),
-                                  generator)
+            rows = torch.cat([torch.full((len(q),), batch.row_of[i], dtype=torch.long)
+                              for i, q, _ in group]).to(device)
+            images = torch.as_tensor([batch.images[r] for r in rows.tolist()], device=device)
+            predicted = mask_logits[images, torch.cat([q for _, q, _ in group]).to(device)].float()
+            wanted = batch.masks[rows, torch.cat([k for _, _, k in group]).to(device)]
+            valid = batch.valid[rows]
+            coords = self._points(predicted, wanted, valid, clean, generator)
             logits = point_sample(predicted, coords)
-            points_target = point_sample(wanted.float(), coords)
-            weights = point_sample(target.valid.float().expand_as(wanted), coords,
-                                   mode="nearest")
+            points_target = point_sample(wanted, coords)
+            weights = point_sample(valid, coords, mode="nearest")
             bce.append(mask_bce(logits, points_target, weights))
             dice.append(mask_dice(logits, points_target, weights))
         if bce:
