@@ -272,13 +272,19 @@ def _reduce_chunks(dist: Dist, chunks: list, build: Callable[[int, list], Any],
                 merge(gathered)
 
 
+def pixel_state_bytes(frame_pixels: int) -> int:
+    """Memory budget of a binned ROC state for frames of ``frame_pixels`` pixels:
+    :data:`CHUNK_BYTES_PER_PIXEL` × pixels × :data:`CHUNK_FRAMES`, within
+    :data:`CHUNK_STATE_BYTES` -- large enough to keep the frames' resolution, small enough that
+    tiny frames do not pay for (allocating and re-laying out) a 64 MiB state."""
+    return int(np.clip(CHUNK_BYTES_PER_PIXEL * frame_pixels * CHUNK_FRAMES, *CHUNK_STATE_BYTES))
+
+
 class ChunkState:
     """Pixel OOD and segmentation state of one chunk, fed its frames in index order.
 
-    The binned ROC state's memory budget is set by the chunk's first labelled frame
-    (:data:`CHUNK_BYTES_PER_PIXEL` × its pixels × :data:`CHUNK_FRAMES`, within
-    :data:`CHUNK_STATE_BYTES`): large enough to keep the frames' resolution, small enough that
-    tiny frames do not pay for a 64 MiB state per chunk.
+    The binned ROC state's memory budget is :func:`pixel_state_bytes` of the chunk's first
+    labelled frame.
     """
 
     def __init__(self) -> None:
@@ -297,9 +303,7 @@ class ChunkState:
             if frame.ood is None:
                 continue
             if self.pixel is None:
-                wanted = CHUNK_BYTES_PER_PIXEL * frame.ood.size * CHUNK_FRAMES
-                self.pixel = PixelOODMetric(max_state_bytes=int(np.clip(wanted,
-                                                                        *CHUNK_STATE_BYTES)))
+                self.pixel = PixelOODMetric(max_state_bytes=pixel_state_bytes(frame.ood.size))
             self.pixel.update(frame.score, frame.ood, frame=frame.name)
             self.labelled += 1
         segmented = [frame for frame in frames if frame.semantic is not None]
@@ -371,13 +375,21 @@ def compute_metrics(
     Fractions in [0, 1]; NaN where the frames hold no labels to compute a metric from
     (``n_labelled`` counts frames with OOD labels). ``ready`` holds chunk states already built
     while scoring (:class:`ChunkCollector`), keyed by chunk number.
+
+    The run's binned ROC state gets the budget of the largest chunk state (that of the largest
+    labelled frame): a bin merged in a chunk is never split again, so on any page the run's
+    resolution is at most the coarsest chunk's there, and a larger state would only add
+    allocation and re-layout time (it helps only when chunks' scores fall on different pages).
     """
     from ood_bench.metrics.component import ComponentMetric, best_f1_threshold
     from ood_bench.metrics.pixel import PixelOODMetric
     from ood_bench.metrics.segmentation import SegmentationMetric
 
     dist = dist or Dist()
-    pixel, segmentation = PixelOODMetric(), SegmentationMetric(NUM_CLASSES, ignore_index=255)
+    sizes = store.labelled_pixels() if indices else {}
+    largest = max((sizes.get(index, 0) for index in indices), default=0)
+    pixel = PixelOODMetric(max_state_bytes=pixel_state_bytes(largest))
+    segmentation = SegmentationMetric(NUM_CLASSES, ignore_index=255)
     counts = {"labelled": 0, "segmented": 0, "pos": 0, "neg": 0}
 
     def merge(state: dict[str, Any]) -> None:

@@ -81,6 +81,11 @@ _COMMIT_BYTES = 64 << 20
 _READ_PIXELS = 1 << 22
 _READ_CACHE_BYTES = 16 << 20
 _JOURNAL_SUFFIX = ".frames"
+#: Buffers per ``os.writev`` call: the system's limit (POSIX guarantees 16; -1: no limit).
+_IOV_MAX = max(16, os.sysconf("SC_IOV_MAX"))
+#: The dtypes journalled maps may have: scores, and predictions and labels.
+_JOURNAL_DTYPES = {"score": {np.dtype(name) for name in ("float16", "float32", "float64")},
+                   "labels": {np.dtype(np.uint8)}}
 _HEADER = "header.json"
 
 
@@ -273,12 +278,13 @@ class ScoreStore:
         for key in _MAPS:
             arrays = [getattr(f, key) for f in frames]
             maps[key] = [np.ascontiguousarray(m) for m in arrays if m is not None]
-            dtypes = sorted({m.dtype.name for m in maps[key]})
-            allowed = ("float16", "float32", "float64") if key == "score" else ("uint8",)
-            if len(dtypes) > 1 or not set(dtypes) <= set(allowed):
+            dtypes = {m.dtype for m in maps[key]}  # dtype objects: no per-array name lookup
+            allowed = _JOURNAL_DTYPES["score" if key == "score" else "labels"]
+            if len(dtypes) > 1 or not dtypes <= allowed:
                 raise OodBenchError(
                     f"frames {frames[0].name!r}..{frames[-1].name!r}: {key} maps must all have "
-                    f"one dtype of {', '.join(allowed)}, got {', '.join(dtypes)}"
+                    f"one dtype of {', '.join(sorted(d.name for d in allowed))}, got "
+                    f"{', '.join(sorted(d.name for d in dtypes))}"
                 )
             header[key] = {"present": [m is not None for m in arrays],
                            "dtype": maps[key][0].dtype.str if maps[key] else "|u1"}
@@ -287,10 +293,8 @@ class ScoreStore:
         # flush it to disk on close (auto_da_alloc), so that deleting it at commit waits for IO
         with atomic_path(self.journal / name, suffix=_JOURNAL_SUFFIX) as tmp, \
                 open(tmp, "r+b") as handle:
-            handle.write(json.dumps(header).encode() + b"\n")
-            for key in _MAPS:
-                for array in maps[key]:
-                    handle.write(array.data)
+            _write_all(handle.fileno(), [json.dumps(header).encode() + b"\n",
+                                         *(array for key in _MAPS for array in maps[key])])
 
     def _journal_files(self) -> list[Path]:
         if not self.journal.is_dir():
@@ -413,6 +417,14 @@ class ScoreStore:
         with self.reader() as h5:
             return dict(zip(_column(h5, "index").tolist(), _column(h5, "name").tolist(),
                             strict=True))
+
+    def labelled_pixels(self) -> dict[int, int]:
+        """Frame index -> pixel count of every committed frame that holds OOD labels."""
+        with self.reader() as h5:
+            index, shape = _column(h5, "index"), _column(h5, "shape")
+            labelled = _column(h5, "ood_offset") >= 0
+        return dict(zip(index[labelled].tolist(), shape[labelled].prod(axis=1).tolist(),
+                        strict=True))
 
     def read_frames(self, indices: Iterable[int]) -> Iterator[StoredFrame]:
         """The committed frames ``indices`` in the given order (frames that lie back to back
@@ -537,7 +549,8 @@ def _append_frames(h5, frames: list[StoredFrame], store_dtype: str) -> int:
     if "frames" not in h5:
         _create_layout(h5, store_dtype, new)
     for frame in new:  # scores in the store's dtype before they are digested
-        frame.score = cast_scores(frame.score, store_dtype, frame.name)
+        if frame.score.dtype != store_dtype:
+            frame.score = cast_scores(frame.score, store_dtype, frame.name)
     columns: dict[str, Any] = {
         "index": np.array([frame.index for frame in new], np.int64),
         "name": np.array([frame.name for frame in new], object),
@@ -622,6 +635,20 @@ def _groups_by_size(paths: list[Path], limit: int) -> Iterator[list[Path]]:
         size += length
     if group:
         yield group
+
+
+def _write_all(fd: int, buffers: list) -> None:
+    """Write ``buffers`` (bytes, contiguous arrays) back to back with as few system calls as
+    ``os.writev`` allows, resuming after a partial write."""
+    views = [memoryview(buffer).cast("B") for buffer in buffers]
+    first = 0
+    while first < len(views):
+        written = os.writev(fd, views[first:first + _IOV_MAX])
+        while first < len(views) and written >= len(views[first]):
+            written -= len(views[first])
+            first += 1
+        if written:
+            views[first] = views[first][written:]
 
 
 def _fsync(path: Path) -> None:

@@ -134,6 +134,35 @@ def test_float16_store_numbers_follow_the_stored_scores(tmp_path):
     assert row["auroc"] == pytest.approx(metric.compute()["auroc"], abs=TOLERANCE)
 
 
+def test_run_state_gets_the_budget_of_the_largest_chunk_state(tmp_path, monkeypatch):
+    """A chunk's binned state is sized by its first labelled frame (64×64: 8 MiB), the run's
+    by the largest labelled frame (64×128: 16 MiB); the numbers still match exact counts."""
+    from ood_bench.runner import CHUNK_BYTES_PER_PIXEL, CHUNK_FRAMES, compute_metrics
+    from ood_bench.store import StoredFrame
+
+    rng = np.random.default_rng(0)
+    frames = [StoredFrame(i, f"f{i}", rng.random((64, w), np.float32),
+                          np.zeros((64, w), np.uint8), (rng.random((64, w)) < 0.1).astype(np.uint8))
+              for i, w in enumerate((64, 128, 96))]
+    frames.append(StoredFrame(3, "unlabelled", np.zeros((64, 256), np.float32),
+                              np.zeros((64, 256), np.uint8)))
+    store = ScoreStore(tmp_path / "s.h5")
+    with store.locked():
+        store.prepare({"test": 1}, 4, "float32")
+        store.write_frames(frames)
+        store.commit()
+    budgets = []
+    original = PixelOODMetric.__init__
+    monkeypatch.setattr(PixelOODMetric, "__init__", lambda self, *args, **kwargs: budgets.append(
+        kwargs.get("max_state_bytes")) or original(self, *args, **kwargs))
+    result = compute_metrics(store, range(4), None)
+    assert budgets == [CHUNK_BYTES_PER_PIXEL * CHUNK_FRAMES * 64 * w for w in (128, 64)]
+    exact = PixelOODMetric(exact=True)
+    for frame in frames[:3]:
+        exact.update(frame.score, frame.ood)
+    assert result["auroc"] == pytest.approx(exact.compute()["auroc"], abs=TOLERANCE)
+
+
 # ---- SMIYC component metrics, on a tiny registered dataset ----------------------------------
 @register_dataset("smiyc-unittest", track="obstacle")
 class _BlobFrames(SegDataset):

@@ -1,6 +1,7 @@
 """The score store: journal → HDF5 commit, crash leftovers, locking, config checks, export."""
 
 import json
+import os
 
 import h5py
 import numpy as np
@@ -102,6 +103,7 @@ def test_frames_read_back_in_any_order_across_commits(tmp_path, monkeypatch):
         for index, got in zip(order, store.read_frames(order), strict=True):
             assert_same(frames[index], got)
     assert store.header()["n_frames"] == 9 and verify_store(store) == []
+    assert store.labelled_pixels() == {i: 48 if i % 3 else 35 for i in range(9) if i % 4 != 1}
     with pytest.raises(OodBenchError, match="has no frame 12"):
         list(store.read_frames([1, 12]))
 
@@ -261,10 +263,24 @@ def test_export_smiyc_layout(tmp_path):
     assert smiyc_folder("synth-roadanomaly") == "synth-roadanomaly"
 
 
-def test_journal_batch_of_mixed_shapes_and_labels_reads_back_exactly(tmp_path):
+@pytest.mark.parametrize("short_writes", [False, True])
+def test_journal_batch_of_mixed_shapes_and_labels_reads_back_exactly(tmp_path, monkeypatch,
+                                                                    short_writes):
     """One journal file: a JSON line, then each map kind's raw maps back to back; frames of
     other sizes and frames without labels in the same batch come back unchanged (same arrays,
-    dtypes, digests)."""
+    dtypes, digests), also when the system writes fewer buffers and bytes than asked."""
+    if short_writes:
+        import ood_bench.store as module
+
+        monkeypatch.setattr(module, "_IOV_MAX", 3)
+        calls = []
+
+        def short_writev(fd, buffers):  # at most 3 buffers, at most 7 bytes per call
+            assert len(buffers) <= 3
+            calls.append(fd)
+            return os.write(fd, b"".join(bytes(buffer) for buffer in buffers)[:7])
+
+        monkeypatch.setattr(os, "writev", short_writev)
     store = ScoreStore(tmp_path / "j.h5")
     frames = [make_frame(0), make_frame(1, shape=(3, 5), labelled=False),
               make_frame(2, shape=(4, 2)), make_frame(3, labelled=False)]
@@ -287,6 +303,7 @@ def test_journal_batch_of_mixed_shapes_and_labels_reads_back_exactly(tmp_path):
         unlabelled = [make_frame(4, labelled=False)]
         store.write_frames(unlabelled)  # no label maps at all in a batch
         assert store._read_journal(store._journal_files()[-1])[0].ood is None
+        assert not short_writes or len(calls) >= journal_file.stat().st_size // 7
         journal_file.write_bytes(journal_file.read_bytes()[:-1])  # a damaged file is refused
         with pytest.raises(OodBenchError, match="unreadable journal file"):
             store._read_journal(journal_file)
