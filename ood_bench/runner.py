@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from ood_bench import __version__
+from ood_bench.adapters.base import ID, OOD
 from ood_bench.cache import config_hash
 from ood_bench.distributed import Dist, device_for, shard
 from ood_bench.errors import DataNotFoundError, OodBenchError
@@ -292,7 +293,7 @@ class ChunkState:
 
         self.pixel = None
         self.segmentation = SegmentationMetric(NUM_CLASSES, ignore_index=255)
-        self.labelled = self.segmented = 0
+        self.counts = dict.fromkeys(("labelled", "segmented", "pos", "neg"), 0)
 
     def add(self, frames: Sequence[StoredFrame]) -> None:
         """Add consecutive frames of the chunk: the ROC state frame by frame (its binning
@@ -305,19 +306,22 @@ class ChunkState:
             if self.pixel is None:
                 self.pixel = PixelOODMetric(max_state_bytes=pixel_state_bytes(frame.ood.size))
             self.pixel.update(frame.score, frame.ood, frame=frame.name)
-            self.labelled += 1
+            self.counts["labelled"] += 1
+            self.counts["pos"] += int(np.count_nonzero(frame.ood == OOD))
+            self.counts["neg"] += int(np.count_nonzero(frame.ood == ID))
         segmented = [frame for frame in frames if frame.semantic is not None]
         if segmented:
             semantic = np.concatenate([frame.semantic.ravel() for frame in segmented])
             self.segmentation.update(
                 np.concatenate([frame.prediction.ravel() for frame in segmented]),
                 np.where(semantic < NUM_CLASSES, semantic, 255))
-            self.segmented += len(segmented)
+            self.counts["segmented"] += len(segmented)
 
     def state_dict(self) -> dict[str, Any]:
+        """The state as plain data, for gathering across processes."""
         pixel = None if self.pixel is None else self.pixel.state_dict()
         return {"pixel": pixel, "segmentation": self.segmentation.state_dict(),
-                "labelled": self.labelled, "segmented": self.segmented}
+                "counts": dict(self.counts)}
 
 
 class ChunkCollector:
@@ -329,7 +333,7 @@ class ChunkCollector:
 
     def __init__(self, total: int) -> None:
         self.total = total
-        self.ready: dict[int, dict[str, Any]] = {}
+        self.ready: dict[int, ChunkState] = {}
         self._open: dict[int, tuple[ChunkState, int]] = {}  # chunk -> (state, next index)
 
     def add(self, frames: Sequence[StoredFrame]) -> None:
@@ -343,17 +347,17 @@ class ChunkCollector:
             state.add(run)
             end = min((chunk + 1) * CHUNK_FRAMES, self.total)
             if run[-1].index + 1 == end:
-                self.ready[chunk] = state.state_dict()
+                self.ready[chunk] = state
             else:
                 self._open[chunk] = (state, run[-1].index + 1)
 
 
-def _pixel_chunk(store: ScoreStore, indices: list[int]) -> dict[str, Any]:
+def _pixel_chunk(store: ScoreStore, indices: list[int]) -> ChunkState:
     state = ChunkState()
     frames = store.read_frames(indices)
     for _ in range(0, len(indices), FRAMES_PER_UPDATE):
         state.add(list(itertools.islice(frames, FRAMES_PER_UPDATE)))
-    return state.state_dict()
+    return state
 
 
 def _component_chunk(store: ScoreStore, indices: list[int], settings: dict) -> dict[str, Any]:
@@ -368,7 +372,7 @@ def _component_chunk(store: ScoreStore, indices: list[int], settings: dict) -> d
 
 def compute_metrics(
     store: ScoreStore, indices: Sequence[int], track: str | None, dist: Dist | None = None,
-    ready: dict[int, dict[str, Any]] | None = None,
+    ready: dict[int, ChunkState] | None = None,
 ) -> dict[str, Any]:
     """Pixel OOD, segmentation and (with ``track``) SMIYC component metrics of stored frames.
 
@@ -392,19 +396,27 @@ def compute_metrics(
     segmentation = SegmentationMetric(NUM_CLASSES, ignore_index=255)
     counts = {"labelled": 0, "segmented": 0, "pos": 0, "neg": 0}
 
-    def merge(state: dict[str, Any]) -> None:
-        if state["pixel"] is not None:
-            pixel.load_state_dict(state["pixel"], add=True)
-        segmentation.merge(_segmentation_from(state["segmentation"]))
-        for key in ("labelled", "segmented"):
-            counts[key] += state[key]
-        for key in ("pos", "neg"):
-            counts[key] += int(np.sum(state["pixel"][key])) if state["pixel"] else 0
+    def build(number: int, chunk: list[int]) -> ChunkState | dict[str, Any]:
+        state = ready.get(number) or _pixel_chunk(store, chunk)
+        return state if dist.world_size == 1 else state.state_dict()  # plain data to gather
+
+    def merge(state: ChunkState | dict[str, Any]) -> None:
+        if isinstance(state, ChunkState):  # built here: merged page by page
+            if state.pixel is not None:
+                pixel.merge(state.pixel)
+            segmentation.merge(state.segmentation)
+            part = state.counts
+        else:
+            if state["pixel"] is not None:
+                pixel.load_state_dict(state["pixel"], add=True)
+            segmentation.merge(_segmentation_from(state["segmentation"]))
+            part = state["counts"]
+        for key in counts:
+            counts[key] += part[key]
 
     chunks = _chunks(indices)
     ready = ready or {}
-    _reduce_chunks(dist, chunks,
-                   lambda number, chunk: ready.get(number) or _pixel_chunk(store, chunk), merge)
+    _reduce_chunks(dist, chunks, build, merge)
     nan = float("nan")
     result: dict[str, Any] = dict.fromkeys((*PIXEL_KEYS, *SEGMENTATION_KEYS), nan)
     has_both = counts["pos"] > 0 and counts["neg"] > 0  # else AUROC etc. are undefined

@@ -151,7 +151,8 @@ def test_merges_by_slices_equal_the_plain_path(seed):
     # Chunk states on budgets of their own (pages coarser or finer than the run state's) merged
     # into a small run state, with updates in between: re-layouts coarsen some pages and copy
     # others, appended pages make the storage leave key order. The plain state gets the same
-    # bins shuffled (the order of a state's bins must not matter).
+    # bins shuffled (the order of a state's bins must not matter); every third chunk is merged
+    # page by page (``BinnedCounts.merge``), which must give the same state.
     rng = np.random.default_rng(seed)
     state, plain = BinnedCounts(SMALLEST_BUDGET), PlainBinnedCounts(SMALLEST_BUDGET)
     for step in range(6):
@@ -162,7 +163,10 @@ def test_merges_by_slices_equal_the_plain_path(seed):
         else:
             chunk = _streamed(scores, labels, 5_000, int(rng.choice([2, 3, 8])) * 2**20)
             keys, shifts, total, pos = chunk._counts.bins()
-            state.add_bins(keys, shifts, total, pos)
+            if step % 3 == 2:  # page by page, straight from the chunk's storage
+                state.merge(chunk._counts)
+            else:
+                state.add_bins(keys, shifts, total, pos)
             shuffle = rng.permutation(keys.size)
             plain.add_bins(keys[shuffle], shifts[shuffle], total[shuffle], pos[shuffle])
         _assert_same_state(state, plain)

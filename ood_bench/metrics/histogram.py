@@ -442,15 +442,49 @@ class BinnedCounts:
 
     def _carry_over(self, pages, offsets, shifts, bins, pos) -> None:
         """Move the bins of ``pages`` (their old ``offsets`` and ``shifts`` into the old storage
-        ``bins``, ``pos``) to the current layout; pages without bins now are dropped.
-
-        A page whose resolution stays is copied (a stretch of such pages adjacent in both
-        storages as one slice); a page coarsened by ``d`` has each ``2**d`` adjacent bins
-        summed into one (bins are aligned: both shifts count from the page start).
-        """
+        ``bins``, ``pos``) to the current layout; pages without bins now are dropped."""
         targets = self._offset[pages]
         keep = targets < self.capacity
-        pages, offsets, shifts, targets = pages[keep], offsets[keep], shifts[keep], targets[keep]
+        self._move_pages(offsets[keep], targets[keep], shifts[keep], pages[keep], bins, pos,
+                         add=False)
+
+    def merge(self, other: BinnedCounts) -> None:
+        """Add ``other``'s counts page by page: the same result as ``add_bins(*other.bins())``
+        (its per-page sums and resolutions decide the layout the same way) without listing
+        its bins one by one."""
+        self.rounded = self.rounded or other.rounded
+        pages, offsets, shifts, _ = other._pages_by_storage()
+        if not pages.size:
+            return
+        # pages are contiguous blocks of the storage, in storage order: one sum per page
+        total = np.add.reduceat(other._bins[:other._used], offsets, dtype=np.int64)
+        pos = np.add.reduceat(other._pos[:other._used], offsets, dtype=np.int64)
+        keep = total > 0
+        pages, offsets, shifts, total, pos = (a[keep] for a in (pages, offsets, shifts, total,
+                                                                pos))
+        if not pages.size:
+            return
+        required = np.zeros(self.N_PAGES, dtype=np.intp)
+        required[pages] = shifts
+        self._seen_total += int(total.sum())
+        self._seen_pos += int(pos.sum())
+        self._reserve()
+        targets = self._offset[pages]
+        if targets.max() == self.capacity or (required > self._shift)[self._allocated()].any():
+            missing = targets == self.capacity
+            self._make_room(pages[missing], total[missing], pages[missing], pos[missing],
+                            required)
+            targets = self._offset[pages]
+        self._move_pages(offsets, targets, shifts, pages, other._bins, other._pos, add=True)
+
+    def _move_pages(self, offsets, targets, shifts, pages, bins, pos, *, add: bool) -> None:
+        """Copy (or ``add``) the bins of ``pages`` from the storage ``bins``, ``pos`` (at
+        ``offsets``, resolution ``shifts``) to this storage at ``targets``.
+
+        A page whose resolution stays is one slice (a stretch of such pages adjacent in both
+        storages as one slice); a page that is ``d`` shifts coarser here has each ``2**d``
+        adjacent bins summed into one (bins are aligned: both shifts count from the page start).
+        """
         coarser = self._shift[pages].astype(np.intp) - shifts
         sizes = 1 << (self.PAGE_BITS - shifts)
         same = coarser == 0
@@ -462,15 +496,19 @@ class BinnedCounts:
             last = np.r_[first[1:], source.size] - 1
             for old, new, length in zip(source[first].tolist(), target[first].tolist(),
                                         (end[last] - source[first]).tolist(), strict=True):
-                self._bins[new:new + length] = bins[old:old + length]
-                self._pos[new:new + length] = pos[old:old + length]
+                for mine, theirs in ((self._bins, bins), (self._pos, pos)):
+                    if add:
+                        mine[new:new + length] += theirs[old:old + length]
+                    else:
+                        mine[new:new + length] = theirs[old:old + length]
         for shift, step in set(zip(shifts[~same].tolist(), coarser[~same].tolist(), strict=True)):
             group = (shifts == shift) & (coarser == step)
             width = 1 << (self.PAGE_BITS - shift)
             source = (offsets[group][:, None] + np.arange(width)).ravel()
             target = (targets[group][:, None] + np.arange(width >> step)).ravel()
-            self._bins[target] = bins[source].reshape(-1, 1 << step).sum(axis=1)
-            self._pos[target] = pos[source].reshape(-1, 1 << step).sum(axis=1)
+            for mine, theirs in ((self._bins, bins), (self._pos, pos)):
+                summed = theirs[source].reshape(-1, 1 << step).sum(axis=1)
+                mine[target] = mine[target] + summed if add else summed
 
     def _pages_by_storage(self) -> tuple[np.ndarray, ...]:
         """Allocated pages in storage order: page, offset, shift (intp) and rank (uint16: the
