@@ -149,7 +149,7 @@ def test_shipped_mask2former_scores_as_recorded():
 
 @pytest.mark.retrain
 def test_default_recipe_reproduces_the_shipped_weights():
-    """Full training (about 10 CPU minutes): bit-identical to the shipped checkpoint."""
+    """Full training (about 7.5 CPU minutes): bit-identical to the shipped checkpoint."""
     result = train(default_config(M2F), retrain=True)
     assert file_sha256(result.path) == shipped_record(M2F)["weights_sha256"]
     assert json.loads(result.path.with_suffix(".json").read_text())["config_hash"] == \
