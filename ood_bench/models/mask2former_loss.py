@@ -252,7 +252,7 @@ class TargetBatch:
 
     ``images``: the images with at least one target; row r of ``labels`` (R×K, padded with 0),
     ``masks`` (R×K×H×W float, padded with empty masks) and ``valid`` (R×H×W float) belongs to
-    image ``images[r]``, which has ``sizes[r]`` targets; ``row_of`` maps image → row.
+    image ``images[r]``, which has ``sizes[r]`` targets.
     """
 
     images: list[int]
@@ -260,10 +260,6 @@ class TargetBatch:
     labels: Tensor
     masks: Tensor
     valid: Tensor
-
-    @property
-    def row_of(self) -> dict[int, int]:
-        return {image: row for row, image in enumerate(self.images)}
 
     @classmethod
     def of(cls, targets: Sequence[SemanticTarget], device: torch.device) -> TargetBatch | None:
@@ -427,19 +423,23 @@ class SetCriterion:
         num_masks = max(sum(len(t.labels) for t in targets), 1)
         # every matched mask of the batch at once: flagged images' masks, then the others
         groups = {True: [], False: []}
-        for image, (queries, indices) in enumerate(matches):
-            if len(queries):
-                groups[bool(selected[image])].append((image, queries, indices))
+        for row, image in enumerate(batch.images if batch is not None else []):
+            queries, indices = matches[image]
+            groups[bool(selected[image])].append((image, row, queries, indices))
         bce, dice = [], []
         device = mask_logits.device
+
+        def per_mask(group: list, position: int) -> Tensor:  # image or row of each mask
+            return torch.cat([torch.full((len(item[2]),), item[position], dtype=torch.long)
+                              for item in group]).to(device)
+
         for clean, group in groups.items():
             if not group:
                 continue
-            rows = torch.cat([torch.full((len(q),), batch.row_of[i], dtype=torch.long)
-                              for i, q, _ in group]).to(device)
-            images = torch.as_tensor([batch.images[r] for r in rows.tolist()], device=device)
-            predicted = mask_logits[images, torch.cat([q for _, q, _ in group]).to(device)].float()
-            wanted = batch.masks[rows, torch.cat([k for _, _, k in group]).to(device)]
+            rows = per_mask(group, 1)
+            predicted = mask_logits[per_mask(group, 0),
+                                    torch.cat([item[2] for item in group]).to(device)].float()
+            wanted = batch.masks[rows, torch.cat([item[3] for item in group]).to(device)]
             valid = batch.valid[rows]
             coords = self._points(predicted, wanted, valid, clean, generator)
             logits = point_sample(predicted, coords)
