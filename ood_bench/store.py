@@ -48,10 +48,10 @@ import json
 import mmap
 import os
 import shutil
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -60,6 +60,8 @@ from ood_bench.cache import config_hash
 from ood_bench.errors import DataNotFoundError, OodBenchError
 from ood_bench.io import atomic_path, atomic_write
 from ood_bench.metrics.spec import METRIC_SPEC_VERSION
+
+T = TypeVar("T")
 
 FORMAT = "oodbench-score-store"
 FORMAT_VERSION = 2
@@ -588,17 +590,8 @@ def _read_table(h5) -> dict[str, np.ndarray]:
 def _runs(rows: list[int], shapes: np.ndarray) -> Iterator[list[int]]:
     """Split table rows into runs of consecutive rows (maps back to back in the store) of at
     most ``_READ_PIXELS`` pixels (or one frame)."""
-    run: list[int] = []
-    pixels = 0
-    for row in rows:
-        size = int(shapes[row][0] * shapes[row][1])
-        if run and (row != run[-1] + 1 or pixels + size > _READ_PIXELS):
-            yield run
-            run, pixels = [], 0
-        run.append(row)
-        pixels += size
-    if run:
-        yield run
+    return _bounded_groups(rows, lambda row: int(shapes[row][0] * shapes[row][1]),
+                           _READ_PIXELS, adjacent=lambda previous, row: row == previous + 1)
 
 
 def _read_rows(h5, table: dict[str, np.ndarray], rows: list[int]) -> list[StoredFrame]:
@@ -624,15 +617,23 @@ def _read_rows(h5, table: dict[str, np.ndarray], rows: list[int]) -> list[Stored
 
 def _groups_by_size(paths: list[Path], limit: int) -> Iterator[list[Path]]:
     """Consecutive groups of files of at most ``limit`` bytes together (or one file)."""
-    group: list[Path] = []
-    size = 0
-    for path in paths:
-        length = path.stat().st_size
-        if group and size + length > limit:
+    return _bounded_groups(paths, lambda path: path.stat().st_size, limit)
+
+
+def _bounded_groups(items: Iterable[T], size: Callable[[T], int], limit: int,
+                    adjacent: Callable[[T, T], bool] = lambda previous, item: True,
+                    ) -> Iterator[list[T]]:
+    """Consecutive groups of ``items`` whose ``size`` adds up to at most ``limit`` (or one
+    item), also cut between two items that are not ``adjacent``."""
+    group: list[T] = []
+    total = 0
+    for item in items:
+        weight = size(item)
+        if group and (not adjacent(group[-1], item) or total + weight > limit):
             yield group
-            group, size = [], 0
-        group.append(path)
-        size += length
+            group, total = [], 0
+        group.append(item)
+        total += weight
     if group:
         yield group
 

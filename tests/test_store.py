@@ -358,3 +358,15 @@ def test_stores_and_journals_of_format_1_are_refused(tmp_path):
     with store.locked(), pytest.raises(OodBenchError, match="written by another oodbench "
                                                             "version .format 1"):
         store.prepare(CONFIG, 10, "float32")
+
+
+def test_bounded_groups_cut_at_the_limit_and_between_non_adjacent_items():
+    from ood_bench.store import _bounded_groups
+
+    sizes = {1: 3, 2: 3, 3: 5, 4: 1, 7: 1, 8: 9, 9: 1}
+    # limit 6: 3+3 fits, +5 does not; 5+1 fits, +1 does not; 9 alone exceeds it: one item
+    assert list(_bounded_groups(sizes, sizes.get, 6)) == [[1, 2], [3, 4], [7], [8], [9]]
+    assert list(_bounded_groups(sizes, sizes.get, 100)) == [[1, 2, 3, 4, 7, 8, 9]]
+    consecutive = list(_bounded_groups(sizes, sizes.get, 100, adjacent=lambda a, b: b == a + 1))
+    assert consecutive == [[1, 2, 3, 4], [7, 8, 9]]
+    assert list(_bounded_groups([], len, 1)) == []
