@@ -37,7 +37,6 @@ import torch
 from torch import nn
 
 from ood_bench import __version__
-from ood_bench.adapters.base import ID, OOD
 from ood_bench.cache import config_hash
 from ood_bench.distributed import Dist, device_for, shard
 from ood_bench.errors import DataNotFoundError, OodBenchError
@@ -293,7 +292,7 @@ class ChunkState:
 
         self.pixel = None
         self.segmentation = SegmentationMetric(NUM_CLASSES, ignore_index=255)
-        self.counts = dict.fromkeys(("labelled", "segmented", "pos", "neg"), 0)
+        self.labelled = self.segmented = 0
 
     def add(self, frames: Sequence[StoredFrame]) -> None:
         """Add consecutive frames of the chunk: the ROC state frame by frame (its binning
@@ -306,22 +305,25 @@ class ChunkState:
             if self.pixel is None:
                 self.pixel = PixelOODMetric(max_state_bytes=pixel_state_bytes(frame.ood.size))
             self.pixel.update(frame.score, frame.ood, frame=frame.name)
-            self.counts["labelled"] += 1
-            self.counts["pos"] += int(np.count_nonzero(frame.ood == OOD))
-            self.counts["neg"] += int(np.count_nonzero(frame.ood == ID))
+            self.labelled += 1
         segmented = [frame for frame in frames if frame.semantic is not None]
         if segmented:
             semantic = np.concatenate([frame.semantic.ravel() for frame in segmented])
             self.segmentation.update(
                 np.concatenate([frame.prediction.ravel() for frame in segmented]),
                 np.where(semantic < NUM_CLASSES, semantic, 255))
-            self.counts["segmented"] += len(segmented)
+            self.segmented += len(segmented)
+
+    def counts(self) -> dict[str, int]:
+        """Frames with OOD labels and with semantic labels; OOD and in-distribution pixels."""
+        pos, neg = (0, 0) if self.pixel is None else self.pixel.pool_sizes()
+        return {"labelled": self.labelled, "segmented": self.segmented, "pos": pos, "neg": neg}
 
     def state_dict(self) -> dict[str, Any]:
         """The state as plain data, for gathering across processes."""
         pixel = None if self.pixel is None else self.pixel.state_dict()
         return {"pixel": pixel, "segmentation": self.segmentation.state_dict(),
-                "counts": dict(self.counts)}
+                "counts": self.counts()}
 
 
 class ChunkCollector:
@@ -405,7 +407,7 @@ def compute_metrics(
             if state.pixel is not None:
                 pixel.merge(state.pixel)
             segmentation.merge(state.segmentation)
-            part = state.counts
+            part = state.counts()
         else:
             if state["pixel"] is not None:
                 pixel.load_state_dict(state["pixel"], add=True)

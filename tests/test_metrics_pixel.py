@@ -385,6 +385,8 @@ def test_merge_equals_update_on_concatenation(pool, exact):
             for name in ("auroc", "ap", "fpr95"):
                 assert abs(result[name] - exact_result[name]) <= result["error_bound"][name]
     assert (merged["n_pos"], merged["n_neg"]) == (single["n_pos"], single["n_neg"])
+    assert a.pool_sizes() == whole.pool_sizes() == (single["n_pos"], single["n_neg"])
+    assert whole.pool_sizes() == (int(np.sum(labels == 1)), int(np.sum(labels == 0)))
 
 
 def test_merge_states_that_coarsened_differently():

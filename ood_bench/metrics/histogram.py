@@ -123,6 +123,12 @@ class ExactCounts:
     def lossless(self) -> bool:
         return True
 
+    def pixel_totals(self) -> tuple[int, int]:
+        """Pixels counted and the positives among them."""
+        merged = self.counts()
+        positives = int(merged.pos.sum())
+        return positives + int(merged.neg.sum()), positives
+
     @property
     def nbytes(self) -> int:
         merged = self.counts()
@@ -222,6 +228,10 @@ class BinnedCounts:
     @property
     def lossless(self) -> bool:
         return not self.rounded and not self._shift[self._allocated()].any()
+
+    def pixel_totals(self) -> tuple[int, int]:
+        """Pixels counted and the positives among them (kept as they are counted)."""
+        return self._seen_total, self._seen_pos
 
     @property
     def nbytes(self) -> int:

@@ -194,6 +194,11 @@ class PixelOODMetric:
     def _score_counts(self) -> ScoreCounts:
         return self._counts.counts()
 
+    def pool_sizes(self) -> tuple[int, int]:
+        """``(n_pos, n_neg)`` of the pool so far, without computing the metrics."""
+        total, positives = self._counts.pixel_totals()
+        return positives, total - positives
+
     @property
     def state_bytes(self) -> int:
         """Current size of the counting state in bytes."""
