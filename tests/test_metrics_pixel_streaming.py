@@ -1,6 +1,7 @@
 """Streaming (binned) pixel OOD metric internals that only speed depends on: pixels of new
-pages set aside until the end of an update, the blockwise scan of ``counts()``, the AP bound of
-single-positive bins and the fast input checks. Each must give exactly the plain path's counts."""
+pages set aside until the end of an update, the block-by-block reading of the state and of the
+curve (``blocks()``, ``summarize_blocks``), the AP bound of single-positive bins and the fast
+input checks. Each must give exactly the plain path's counts and metrics."""
 
 from __future__ import annotations
 
@@ -64,8 +65,9 @@ def test_new_pages_after_the_first_slice(monkeypatch, aside):
                                            (64, SMALLEST_BUDGET), (1 << 12, 64 * 2**20),
                                            (1 << 16, 64 * 2**20)])
 def test_blockwise_scan_equals_key_ordered_bins(monkeypatch, block, budget):
-    # counts() cuts the storage into pieces and finds each piece's first non-empty bin from
-    # blockwise running totals; tiny blocks make pieces and empty stretches span blocks.
+    # blocks() cuts key-ordered groups of pages into pieces and finds each piece's first
+    # non-empty bin from running totals; tiny blocks make stretches span blocks (a group is at
+    # least one page, so BLOCK 1 gives a block per page).
     monkeypatch.setattr(BinnedCounts, "BLOCK", block)
     scores, labels = _spread_pool(20_000, 5)
     state = _streamed(scores, labels, 2_500, budget)._counts
@@ -203,7 +205,57 @@ def test_tpr_level_found_on_integer_counts_equals_float_search():
     for n_pos in [*range(1, 400), 10**6, 20 * 10**6 + 1, 20 * 10**9, 3 * 10**12 + 7]:
         near = 0.95 * n_pos
         tp = np.unique(np.clip(np.r_[0, np.arange(int(near) - 3, int(near) + 4), n_pos], 0, n_pos))
-        points = OperatingPoints(tp.astype(np.float64), tp, tp, tp, tp)
+        points = OperatingPoints(tp.astype(np.float64), tp, tp, tp, tp, n_pos, n_pos)
         tpr = tp / n_pos
         assert _level_points(points) == (int(np.searchsorted(tpr, 0.95)),
                                          int(np.searchsorted(tpr, 0.95, side="right")))
+
+
+def _full_curve_fpr(counts, fpr_at):
+    """FPR@95, its threshold and its bound read on the whole curve (no window)."""
+    from ood_bench.metrics.curve import _fpr_bound, fpr_at_95, operating_points
+
+    points = operating_points(compress(counts))
+    return (*fpr_at_95(points, fpr_at), _fpr_bound(points, fpr_at))
+
+
+@pytest.mark.parametrize("fpr_at", ["first", "closest", "interpolated"])
+@pytest.mark.parametrize("chunk", [1, 2, 3, 7, 1 << 15])
+def test_streamed_summary_equals_the_whole_curve(monkeypatch, fpr_at, chunk):
+    # summarize_blocks reads the counts in blocks cut anywhere (negative-only runs split across
+    # blocks) and the curve in chunks of ``chunk`` points, keeping only a window around the 95 %
+    # TPR level: every result must equal one block, and FPR@95, its threshold and its bound must
+    # equal those read on the whole curve, whichever chunk the level falls in.
+    from ood_bench.metrics import curve
+    from ood_bench.metrics.curve import summarize_blocks
+
+    monkeypatch.setattr(curve, "_BLOCK", chunk)
+    rng = np.random.default_rng(chunk)
+    for trial in range(40):
+        n = int(rng.integers(2, 60))
+        thresholds = np.sort(rng.choice(1000, n, replace=False)).astype(np.float64)
+        pos = rng.integers(0, 3, n) * (rng.random(n) < rng.uniform(0.1, 0.9))
+        neg = rng.integers(0, 4, n)
+        pos[rng.integers(n)] += 1
+        neg[rng.integers(n)] += 1
+        counts = ScoreCounts(thresholds, pos, neg)
+        whole = summarize(counts, fpr_at, binned=True)
+        cuts = np.sort(rng.choice(np.arange(1, n), int(rng.integers(0, n)), replace=False))
+        edges = np.r_[0, cuts, n]
+        blocks = [ScoreCounts(thresholds[a:b], pos[a:b], neg[a:b])
+                  for a, b in zip(edges[-2::-1], edges[:0:-1], strict=True)]  # highest first
+        streamed = summarize_blocks(blocks, int(pos.sum()), int(neg.sum()), fpr_at, binned=True)
+        assert streamed == whole, trial
+        fpr, threshold, bound = _full_curve_fpr(counts, fpr_at)
+        assert (whole["fpr95"], whole["threshold_at_95"]) == (fpr, threshold), trial
+        assert whole["error_bound"]["fpr95"] == (bound + 1e-12 if bound > 0 else 0.0), trial
+
+
+def test_streamed_summary_checks_the_pool_sizes():
+    from ood_bench.metrics.curve import summarize_blocks
+
+    counts = ScoreCounts(np.arange(3.0), np.array([0, 1, 1]), np.array([2, 0, 1]))
+    with pytest.raises(ValueError, match="no positive"):
+        summarize_blocks([counts], 0, 3, "first")
+    with pytest.raises(ValueError, match="expected 3 and 3"):
+        summarize_blocks([counts], 3, 3, "first")

@@ -12,6 +12,7 @@ For binned counts each threshold stands for a bin of scores whose internal order
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,6 +31,11 @@ class ScoreCounts:
     thresholds: np.ndarray  # float64, strictly increasing
     pos: np.ndarray  # int64
     neg: np.ndarray  # int64
+
+
+def concat_fields(parts: list[tuple[np.ndarray, ...]]) -> tuple[np.ndarray, ...]:
+    """Each field of ``parts`` (equally long tuples of arrays) concatenated over the parts."""
+    return tuple(np.concatenate(field) for field in zip(*parts, strict=True))
 
 
 def compress(counts: ScoreCounts) -> ScoreCounts:
@@ -58,35 +64,40 @@ def compress(counts: ScoreCounts) -> ScoreCounts:
 
 @dataclass(frozen=True)
 class OperatingPoints:
-    """Cumulative counts when predicting ``score >= threshold``, thresholds descending."""
+    """Cumulative counts when predicting ``score >= threshold``, thresholds descending.
+
+    Either the whole curve or a window of it (see :class:`_CrossingWindow`): ``tp0``, ``fp0``
+    are the cumulative counts before the first point (0 for the whole curve).
+    """
 
     thresholds: np.ndarray
     pos: np.ndarray  # positives at each threshold
     neg: np.ndarray
     tp: np.ndarray  # cumulative true positives (int64)
     fp: np.ndarray  # cumulative false positives (int64)
+    n_pos: int
+    n_neg: int
+    tp0: int = 0
+    fp0: int = 0
 
-    @property
-    def n_pos(self) -> int:
-        return int(self.tp[-1]) if self.tp.size else 0
 
-    @property
-    def n_neg(self) -> int:
-        return int(self.fp[-1]) if self.fp.size else 0
+def _check_pool(n_pos: int, n_neg: int) -> None:
+    if n_pos == 0 or n_neg == 0:
+        missing = "positive (OOD, label 1)" if n_pos == 0 else "negative (label 0)"
+        raise OodBenchError(
+            f"the pooled pixels contain no {missing} pixel ({n_pos} positive, "
+            f"{n_neg} negative): AUROC, AP and FPR@95 are undefined"
+        )
 
 
 def operating_points(counts: ScoreCounts) -> OperatingPoints:
-    """Scan the thresholds from high to low; raise if the pool lacks a class."""
+    """The whole curve: scan the thresholds from high to low; raise if the pool lacks a class."""
     pos = counts.pos[::-1].astype(np.int64, copy=False)  # reversed views: no copies
     neg = counts.neg[::-1].astype(np.int64, copy=False)
-    points = OperatingPoints(counts.thresholds[::-1], pos, neg, np.cumsum(pos), np.cumsum(neg))
-    if points.n_pos == 0 or points.n_neg == 0:
-        missing = "positive (OOD, label 1)" if points.n_pos == 0 else "negative (label 0)"
-        raise OodBenchError(
-            f"the pooled pixels contain no {missing} pixel ({points.n_pos} positive, "
-            f"{points.n_neg} negative): AUROC, AP and FPR@95 are undefined"
-        )
-    return points
+    tp, fp = np.cumsum(pos), np.cumsum(neg)
+    n_pos, n_neg = (int(tp[-1]), int(fp[-1])) if tp.size else (0, 0)
+    _check_pool(n_pos, n_neg)
+    return OperatingPoints(counts.thresholds[::-1], pos, neg, tp, fp, n_pos, n_neg)
 
 
 def check_fpr_at(fpr_at: str) -> str:
@@ -96,16 +107,9 @@ def check_fpr_at(fpr_at: str) -> str:
     return fpr_at
 
 
-#: Thresholds per block of the summations: the temporaries of a block stay in the CPU cache (whole
-#: arrays of a large pool would each be a fresh, uncached allocation).
+#: Operating points per chunk of the summations (a fixed cut of the descending points, so the
+#: float sums do not depend on how the counts arrive); a chunk's temporaries stay in the CPU cache.
 _BLOCK = 1 << 15
-
-
-def _blockwise(terms, *arrays: np.ndarray) -> float:
-    """Float64 sum of ``terms(*block_slices)`` over blocks of the equally long ``arrays``."""
-    size = arrays[0].size
-    return float(sum(terms(*(array[start:start + _BLOCK] for array in arrays))
-                     for start in range(0, size, _BLOCK)))
 
 
 def _auroc_terms(pos: np.ndarray, neg: np.ndarray, tp: np.ndarray) -> float:
@@ -129,31 +133,21 @@ def _ap_terms(pos: np.ndarray, tp: np.ndarray, fp: np.ndarray) -> float:
     return precision.sum()
 
 
-def auroc(points: OperatingPoints) -> float:
-    """Trapezoid area under the ROC curve, ties counted half (= ``roc_auc_score``)."""
-    area = _blockwise(_auroc_terms, points.pos, points.neg, points.tp)
-    return area / (points.n_pos * points.n_neg)
-
-
-def average_precision(points: OperatingPoints) -> float:
-    """Step sum of precision over recall increments (= ``average_precision_score``)."""
-    return _blockwise(_ap_terms, points.pos, points.tp, points.fp) / points.n_pos
-
-
-def _level_points(points: OperatingPoints) -> tuple[int, int]:
-    """How many operating points (high to low threshold) have TPR < 0.95, and how many have
-    TPR <= 0.95 (TPR as the float64 ``tp / n_pos`` is non-decreasing).
-
-    Found on the integer ``tp`` (no TPR array): ``reach`` is the smallest true-positive count
-    whose TPR reaches the level; the float division is monotone in ``tp``.
-    """
-    n_pos = points.n_pos
+def _tpr_levels(n_pos: int) -> tuple[int, int]:
+    """The smallest true-positive count whose TPR (the float64 ``tp / n_pos``, monotone in
+    ``tp``) reaches 0.95, and the largest whose TPR is at most 0.95."""
     reach = math.ceil(TPR_LEVEL * n_pos)
     while reach > 0 and (reach - 1) / n_pos >= TPR_LEVEL:
         reach -= 1
     while reach / n_pos < TPR_LEVEL:
         reach += 1
-    at_most = reach if reach / n_pos == TPR_LEVEL else reach - 1  # largest count with TPR <= level
+    return reach, reach if reach / n_pos == TPR_LEVEL else reach - 1
+
+
+def _level_points(points: OperatingPoints) -> tuple[int, int]:
+    """How many operating points (high to low threshold) have TPR < 0.95, and how many have
+    TPR <= 0.95; found on the integer ``tp`` (no TPR array)."""
+    reach, at_most = _tpr_levels(points.n_pos)
     return (int(np.searchsorted(points.tp, reach)),
             int(np.searchsorted(points.tp, at_most, side="right")))
 
@@ -181,9 +175,11 @@ def fpr_at_95(points: OperatingPoints, fpr_at: str) -> tuple[float, float]:
         return float(points.fp[index] / points.n_neg), float(points.thresholds[index])
     tpr, fpr = points.tp / points.n_pos, points.fp / points.n_neg
     if fpr_at == "interpolated":
-        value = np.interp(TPR_LEVEL, np.r_[0.0, tpr], np.r_[0.0, fpr])
-    else:
-        last = int(np.argmax(points.tp == points.n_pos))
+        value = np.interp(TPR_LEVEL, np.r_[points.tp0 / points.n_pos, tpr],
+                          np.r_[points.fp0 / points.n_neg, fpr])
+    else:  # a window that ends before full recall holds every candidate (see _CrossingWindow)
+        full = np.flatnonzero(points.tp == points.n_pos)
+        last = int(full[0]) if full.size else points.tp.size - 1
         distance = np.abs(tpr[: last + 1] - TPR_LEVEL)
         index = last - int(np.argmin(distance[::-1]))
         value = fpr[index]
@@ -229,10 +225,10 @@ def _fpr_bound(points: OperatingPoints, fpr_at: str) -> float:
 
     Corners (cumulative counts after each bin, origin first) are operating points of both the
     exact and the binned curve; inside a bin the exact curve can take any monotone path.
-    Corner ``k`` is the origin for ``k = 0``, else the point after bin ``k - 1``.
+    Corner ``k`` is the origin (of the window) for ``k = 0``, else the point after bin ``k - 1``.
     """
     def fp(corner: int) -> int:
-        return int(points.fp[corner - 1]) if corner else 0
+        return int(points.fp[corner - 1]) if corner else points.fp0
 
     below, at_most = _level_points(points)
     first = 1 + below  # first corner at the level
@@ -251,39 +247,147 @@ def _fpr_bound(points: OperatingPoints, fpr_at: str) -> float:
     return float(high - low) / points.n_neg
 
 
-def error_bounds(points: OperatingPoints, fpr_at: str) -> dict[str, float]:
-    """Certified bounds on |binned - exact| for each metric when every threshold is a bin."""
-    bounds = {
-        "auroc": 0.5 * _blockwise(_pair_terms, points.pos, points.neg)
-        / (points.n_pos * points.n_neg),
-        "ap": _blockwise(_ap_gap_terms, points.pos, points.neg, points.tp, points.fp)
-        / points.n_pos,
-        "fpr95": _fpr_bound(points, fpr_at),
+class _CrossingWindow:
+    """The few operating points around the first one reaching TPR 0.95, kept while the points
+    stream by: FPR@95 (every convention) and its bound read nothing else.
+
+    Kept: ``BEFORE`` point before it and ``AFTER`` from it on. Compressed points alternate
+    between thresholds with positives and single negative-only ones, so a true-positive count is
+    shared by at most two consecutive points: the window holds the last point below the level
+    (of its count, the lowest threshold: the one "closest" picks on a tie), both points at the
+    count reaching it, and the first point of the next count (the last corner the "closest"
+    bound reads).
+    """
+
+    BEFORE, AFTER = 1, 3
+
+    def __init__(self, reach: int) -> None:
+        self.reach = reach
+        self.parts: list[tuple[np.ndarray, ...]] = []  # kept points, in order
+        self.missing: int | None = None  # points still wanted after the crossing (None: not seen)
+
+    def offer(self, *chunk: np.ndarray) -> None:
+        """Look at the next chunk of points: thresholds, pos, neg, tp, fp (cumulative)."""
+        if self.missing is None:
+            at = int(np.searchsorted(chunk[3], self.reach))
+            if at == chunk[3].size:  # not reached yet: keep the last points
+                self._keep(chunk, slice(-self.BEFORE, None), slice(-self.BEFORE, None))
+                return
+            kept = sum(part[0].size for part in self.parts)
+            drop = max(kept + at - self.BEFORE, 0)  # points before the BEFORE ones
+            self._keep(chunk, slice(None, at + self.AFTER), slice(drop, None))
+            self.missing = kept + at - drop + self.AFTER - self.parts[0][0].size
+        elif self.missing > 0:
+            self.parts.append(tuple(a[:self.missing] for a in chunk))
+            self.missing -= self.parts[-1][0].size
+
+    def _keep(self, chunk: tuple[np.ndarray, ...], take: slice, then: slice) -> None:
+        """Keep ``then`` of the kept points followed by the ``take`` points of ``chunk``."""
+        joined = concat_fields([*self.parts, tuple(a[take] for a in chunk)])
+        self.parts = [tuple(a[then] for a in joined)]
+
+    def points(self, n_pos: int, n_neg: int) -> OperatingPoints:
+        thresholds, pos, neg, tp, fp = concat_fields(self.parts)
+        return OperatingPoints(thresholds, pos, neg, tp, fp, n_pos, n_neg,
+                               int(tp[0] - pos[0]), int(fp[0] - neg[0]))
+
+
+def _merged_runs(blocks: Iterable[ScoreCounts]) -> Iterator[ScoreCounts]:
+    """:func:`compress` over a stream of counts: ``blocks`` come from the highest thresholds to
+    the lowest, each ascending inside. A negative-only threshold at the bottom of a block is
+    held back, as the next block's top may continue its run."""
+    held: tuple | None = None  # threshold, pos (0) and neg of the held-back piece
+    for block in blocks:
+        if held is not None:
+            block = ScoreCounts(*(np.append(a, value) for a, value in
+                                  zip((block.thresholds, block.pos, block.neg), held, strict=True)))
+        if not block.thresholds.size:
+            continue
+        block = compress(block)
+        held = None
+        if block.pos[0] == 0:
+            held = (block.thresholds[0], 0, block.neg[0])
+            block = ScoreCounts(block.thresholds[1:], block.pos[1:], block.neg[1:])
+        if block.thresholds.size:
+            yield block
+    if held is not None:
+        yield ScoreCounts(*(np.array([value]) for value in held))
+
+
+def _descending_chunks(blocks: Iterable[ScoreCounts], size: int
+                       ) -> Iterator[tuple[np.ndarray, ...]]:
+    """The merged points, thresholds descending, in chunks of ``size`` (the last may be
+    shorter): thresholds, pos and neg (int64) of each."""
+    pending: list[tuple[np.ndarray, ...]] = []
+    count = 0
+    for block in _merged_runs(blocks):
+        pending.append((block.thresholds[::-1], block.pos[::-1].astype(np.int64, copy=False),
+                        block.neg[::-1].astype(np.int64, copy=False)))
+        count += block.thresholds.size
+        if count >= size:
+            joined = pending[0] if len(pending) == 1 else concat_fields(pending)
+            whole = count - count % size
+            for start in range(0, whole, size):
+                yield tuple(a[start:start + size] for a in joined)
+            pending, count = [tuple(a[whole:] for a in joined)], count - whole
+    if count:
+        yield concat_fields(pending)
+
+
+def summarize_blocks(blocks: Iterable[ScoreCounts], n_pos: int, n_neg: int, fpr_at: str, *,
+                     binned: bool | None = None) -> dict:
+    """:func:`summarize` of counts that arrive in ``blocks`` (highest thresholds first, each
+    ascending inside) holding ``n_pos`` positives and ``n_neg`` negatives in all.
+
+    One pass over fixed chunks of the points (so the float sums do not depend on the blocks);
+    nothing of the size of the curve is held: the sums carry the cumulative counts from chunk
+    to chunk and FPR@95 reads a window of points around its level.
+    """
+    check_fpr_at(fpr_at)
+    _check_pool(n_pos, n_neg)
+    window = _CrossingWindow(_tpr_levels(n_pos)[0])
+    area = precision = pairs = gaps = 0
+    tp_before = fp_before = 0
+    for thresholds, pos, neg in _descending_chunks(blocks, _BLOCK):
+        tp, fp = np.cumsum(pos), np.cumsum(neg)
+        tp += tp_before
+        fp += fp_before
+        area += _auroc_terms(pos, neg, tp)
+        precision += _ap_terms(pos, tp, fp)
+        if binned:
+            pairs += _pair_terms(pos, neg)
+            gaps += _ap_gap_terms(pos, neg, tp, fp)
+        window.offer(thresholds, pos, neg, tp, fp)
+        tp_before, fp_before = int(tp[-1]), int(fp[-1])
+    if (tp_before, fp_before) != (n_pos, n_neg):
+        raise OodBenchError(f"counts hold {tp_before} positives and {fp_before} negatives, "
+                            f"expected {n_pos} and {n_neg}")
+    points = window.points(n_pos, n_neg)
+    fpr95, threshold = fpr_at_95(points, fpr_at)
+    result = {
+        "auroc": float(area) / (n_pos * n_neg),
+        "ap": float(precision) / n_pos,
+        "fpr95": fpr95,
+        "threshold_at_95": threshold,
+        "n_pos": n_pos,
+        "n_neg": n_neg,
     }
-    return {name: value + _ROUNDING_SLACK if value > 0 else 0.0 for name, value in bounds.items()}
+    if binned is not None:
+        bounds = {"auroc": 0.5 * float(pairs) / (n_pos * n_neg), "ap": float(gaps) / n_pos,
+                  "fpr95": _fpr_bound(points, fpr_at) if binned else 0.0}
+        result["error_bound"] = {name: value + _ROUNDING_SLACK if value > 0 else 0.0
+                                 for name, value in bounds.items()}
+    return result
 
 
 def summarize(counts: ScoreCounts, fpr_at: str, *, binned: bool | None = None) -> dict:
     """AUROC, AP, FPR@95 (+ threshold, pixel counts) of ``counts``.
 
-    With ``binned`` set, also ``error_bound``: the certified bounds of :func:`error_bounds` when
-    True, zeros when False (the counts are exact).
+    With ``binned`` set, also ``error_bound``: certified bounds on |binned - exact| per metric
+    when True (every threshold stands for a bin of scores), zeros when False (exact counts).
     """
-    check_fpr_at(fpr_at)
-    points = operating_points(compress(counts))
-    fpr95, threshold = fpr_at_95(points, fpr_at)
-    result = {
-        "auroc": auroc(points),
-        "ap": average_precision(points),
-        "fpr95": fpr95,
-        "threshold_at_95": threshold,
-        "n_pos": points.n_pos,
-        "n_neg": points.n_neg,
-    }
-    if binned is not None:
-        zero = dict.fromkeys(("auroc", "ap", "fpr95"), 0.0)
-        result["error_bound"] = error_bounds(points, fpr_at) if binned else zero
-    return result
+    return summarize_blocks([counts], int(counts.pos.sum()), int(counts.neg.sum()), fpr_at,
+                            binned=binned)
 
 
 def curves(counts: ScoreCounts) -> dict[str, dict[str, np.ndarray]]:

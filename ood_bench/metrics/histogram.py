@@ -14,10 +14,12 @@ Both reduce validated pixels (1-D float scores + a positive mask) to
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 
 from ..errors import OodBenchError
-from .curve import ScoreCounts
+from .curve import ScoreCounts, concat_fields
 
 _SIGN = np.uint32(0x80000000)
 #: Key of -inf; every lower bin edge is clamped to at least this (keys below it are NaNs).
@@ -118,6 +120,10 @@ class ExactCounts:
             self._merged = _merge_counts([self._merged, *self._pending])
             self._pending, self._pending_size = [], 0
         return self._merged
+
+    def blocks(self) -> Iterator[ScoreCounts]:
+        """The counts as one block (the interface of :meth:`BinnedCounts.blocks`)."""
+        yield self.counts()
 
     @property
     def lossless(self) -> bool:
@@ -569,32 +575,85 @@ class BinnedCounts:
 
     def counts(self) -> ScoreCounts:
         """Counts of every bin holding positives and of the negative-only stretches between
-        them (summed, as ``curve.compress`` does); a threshold is the lowest score of the
-        lowest non-empty bin it stands for.
-
-        Cuts the storage (see ``_pages_by_storage``) at run starts and around every bin with
-        positives, sums each piece from a running total of the counts, and puts the pieces in
-        key order run by run. The storage is read in blocks (no temporary of its size).
-        """
-        used = self._used
-        if used == 0:
+        them (summed, as ``curve.compress`` does), thresholds ascending: :meth:`blocks` joined."""
+        parts = list(self.blocks())[::-1]
+        if not parts:
             return _empty_counts()
-        total, pos = self._bins[:used], self._pos[:used]
-        layout = self._pages_by_storage()
-        run_start = self._key_runs(layout[3])
-        starts = layout[1][run_start]  # ascending; starts[0] == 0: the first run starts storage
-        cuts = self._cut_points(pos, starts)
-        before, first, stored = self._scan(total, cuts)
-        piece_total = np.diff(before, append=stored)
-        keep = piece_total > 0
-        first, piece_total = first[keep], piece_total[keep]
-        piece_pos = pos[cuts[keep]].astype(np.int64)  # a bin with positives is its own piece
-        keys = self._stored_keys(first, layout, with_shifts=False)[0]
-        if starts.size > 1:  # put the runs (each a key-ordered stretch of pieces) in key order
-            order = self._runs_in_key_order(np.searchsorted(first, starts),
-                                            layout[3][run_start], first.size)
-            keys, piece_pos, piece_total = keys[order], piece_pos[order], piece_total[order]
-        return ScoreCounts(key_floor_values(keys), piece_pos, piece_total - piece_pos)
+        return ScoreCounts(*concat_fields([(part.thresholds, part.pos, part.neg)
+                                           for part in parts]))
+
+    def blocks(self) -> Iterator[ScoreCounts]:
+        """The counts of :meth:`counts` about ``BLOCK`` bins at a time, from the highest keys
+        to the lowest (each block ascending inside): what ``curve.summarize_blocks`` reads, with
+        no temporary of the state's size. A threshold is the lowest score of the lowest
+        non-empty bin it stands for; a negative-only stretch cut by a block edge comes as two
+        pieces (``summarize_blocks`` merges them).
+
+        A block is a key-ordered group of whole pages; pages appended after the last re-layout
+        (see ``_pages_by_storage``) may lie apart in storage: their bins are then copied
+        together.
+        """
+        if self._used == 0:
+            return
+        pages = np.flatnonzero(self._allocated())  # key order
+        offsets, shifts = self._offset[pages], self._shift[pages].astype(np.intp)
+        sizes = 1 << (self.PAGE_BITS - shifts)
+        start = np.cumsum(sizes) - sizes  # where each page starts in key order
+        group = start // self.BLOCK
+        firsts = np.flatnonzero(np.diff(group, prepend=-1))
+        lasts = np.append(firsts[1:], pages.size)
+        for first, last in zip(firsts[::-1].tolist(), lasts[::-1].tolist(), strict=True):
+            part = slice(first, last)
+            total, pos = self._gather(offsets[part], sizes[part])
+            layout = (pages[part], start[part] - start[first], shifts[part], None)
+            block = self._block_counts(total, pos, layout)
+            if block.thresholds.size:
+                yield block
+
+    def _gather(self, offsets: np.ndarray, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Totals and positives of the stored pages at ``offsets`` (``sizes`` bins each), one
+        after the other (views when they are adjacent in storage)."""
+        ends = offsets + sizes
+        breaks = np.flatnonzero(offsets[1:] != ends[:-1]) + 1
+        spans = list(zip(offsets[np.append(0, breaks)].tolist(),
+                         ends[np.append(breaks, offsets.size) - 1].tolist(), strict=True))
+        if len(spans) == 1:
+            return self._bins[spans[0][0]:spans[0][1]], self._pos[spans[0][0]:spans[0][1]]
+        return tuple(np.concatenate([stored[low:high] for low, high in spans])
+                     for stored in (self._bins, self._pos))
+
+    def _block_counts(self, total: np.ndarray, pos: np.ndarray,
+                      layout: tuple[np.ndarray, ...]) -> ScoreCounts:
+        """Pieces of one block of bins (``layout``: its pages, where each starts in it, their
+        shifts): each bin with positives, and the negative-only stretches before, between and
+        after them, summed from running totals (in the storage dtype: int32 cannot overflow
+        below ``NARROW_LIMIT`` pixels)."""
+        running = np.cumsum(total, dtype=total.dtype)
+        hits = np.flatnonzero(pos != 0)  # a bool array: much faster to scan than int counts
+        hit_total = total[hits]
+        stretch_start = np.empty(hits.size + 1, dtype=np.int64)  # pixels of the block before it
+        stretch_start[0] = 0
+        stretch_start[1:] = running[hits]
+        stretch_end = np.empty_like(stretch_start)
+        stretch_end[:-1] = stretch_start[1:] - hit_total
+        stretch_end[-1] = running[-1]
+        index = np.empty(2 * hits.size + 1, dtype=np.intp)  # stretch, hit, stretch, ..., stretch
+        first = np.empty(hits.size + 1, dtype=np.intp)  # each stretch's first bin, or ``size``
+        first[0] = 0
+        first[1:] = hits + 1
+        empty = np.flatnonzero(total[np.minimum(first, total.size - 1)] == 0)
+        first[empty] = np.searchsorted(running, stretch_start[empty], side="right")
+        index[0::2] = first  # first non-empty bin (only the searched ones were empty)
+        index[1::2] = hits
+        piece_total = np.empty(index.size, dtype=np.int64)
+        piece_total[0::2] = stretch_end - stretch_start
+        piece_total[1::2] = hit_total
+        piece_pos = np.zeros(index.size, dtype=np.int64)
+        piece_pos[1::2] = pos[hits]
+        keep = np.flatnonzero(piece_total)
+        keys = self._stored_keys(index[keep], layout, with_shifts=False)[0]
+        piece_pos = piece_pos[keep]
+        return ScoreCounts(key_floor_values(keys), piece_pos, piece_total[keep] - piece_pos)
 
     @staticmethod
     def _runs_in_key_order(run_start: np.ndarray, run_rank: np.ndarray, size: int):
@@ -606,59 +665,5 @@ class BinnedCounts:
         new_start = np.cumsum(length) - length
         return np.repeat(run_start - new_start, length) + np.arange(size)
 
-    #: Bins per block when ``counts()`` reads the storage (temporaries stay in the CPU cache).
+    #: Stored bins per block of :meth:`blocks` (its temporaries stay in the CPU cache).
     BLOCK = 1 << 16
-
-    def _cut_points(self, pos: np.ndarray, starts: np.ndarray) -> np.ndarray:
-        """Ascending storage indices where ``counts()`` cuts the storage: every bin holding
-        positives, the bin after it, and the run ``starts`` (ascending)."""
-        flags = np.empty(min(self.BLOCK, pos.size) + 1, dtype=bool)
-        flags[0] = False  # flags[1:]: the block's bins with positives; flags[0]: the bin before
-        parts = []
-        for start in range(0, pos.size, self.BLOCK):
-            block = pos[start:start + self.BLOCK]
-            hit = flags[1:block.size + 1]
-            np.not_equal(block, 0, out=hit)
-            cut = hit | flags[:block.size]  # a bin with positives or right after one
-            cut[starts[np.searchsorted(starts, start):np.searchsorted(starts, start + block.size)]
-                - start] = True
-            parts.append(np.flatnonzero(cut) + start)
-            flags[0] = hit[-1]
-        return np.concatenate(parts)
-
-    def _scan(self, total: np.ndarray, cuts: np.ndarray) -> tuple[np.ndarray, ...]:
-        """For each cut (ascending storage index): the pixels stored before it and the first
-        non-empty bin at or after it (``total.size`` if none); plus all pixels stored.
-
-        Uses blockwise running totals in the storage dtype (int32 cannot overflow below
-        ``NARROW_LIMIT`` pixels). Only cuts at an empty bin need a search: the first bin that
-        raises the running total. A cut whose block ends without a non-empty bin after it is
-        pending (so are all later cuts of the block): the running total stays at its value
-        (``carry``) until the first non-empty bin of a later block, which is then theirs.
-        """
-        before = np.empty(cuts.size, dtype=np.int64)
-        first = np.empty(cuts.size, dtype=np.intp)
-        running = np.empty(min(self.BLOCK, total.size), dtype=total.dtype)
-        carry = total.dtype.type(0)
-        low = pending = 0  # cuts[pending:low]: no non-empty bin found after them yet
-        for start in range(0, total.size, self.BLOCK):
-            block = running[:min(self.BLOCK, total.size - start)]
-            np.cumsum(total[start:start + block.size], out=block)
-            block += carry
-            if pending < low:
-                found = int(np.searchsorted(block, carry, side="right"))
-                first[pending:low] = start + found
-                pending = low if found < block.size else pending
-            high = int(np.searchsorted(cuts, start + block.size))
-            here = cuts[low:high]
-            previous = block[np.maximum(here - (start + 1), 0)]
-            previous[here == start] = carry
-            before[low:high] = previous
-            first[low:high] = here
-            empty = np.flatnonzero(total[here] == 0)
-            found = np.searchsorted(block, previous[empty], side="right")
-            first[low + empty] = start + found
-            if pending == low:  # unresolved cuts are the last ones of the block
-                pending = high - int(np.count_nonzero(found == block.size))
-            low, carry = high, block[-1]
-        return before, first, int(carry)

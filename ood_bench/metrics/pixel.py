@@ -19,7 +19,7 @@ import numpy as np
 
 from ..errors import OodBenchError
 from ._inputs import check_same_shape, describe_values, frame_suffix, to_numpy
-from .curve import ScoreCounts, check_fpr_at, summarize
+from .curve import ScoreCounts, check_fpr_at, summarize, summarize_blocks
 from .curve import curves as _curves
 from .histogram import BinnedCounts, ExactCounts, exact_counts
 from .spec import METRIC_SPEC_VERSION
@@ -173,7 +173,8 @@ class PixelOODMetric:
 
     def compute(self) -> dict:
         """Metrics of the pool plus ``error_bound`` (dict per metric; zeros when exact)."""
-        result = summarize(self._score_counts(), self.fpr_at, binned=not self._counts.lossless)
+        result = summarize_blocks(self._counts.blocks(), *self.pool_sizes(), self.fpr_at,
+                                  binned=not self._counts.lossless)
         loose = {k: v for k, v in result["error_bound"].items()
                  if self.tolerance is not None and v > self.tolerance}
         if loose:
@@ -189,10 +190,7 @@ class PixelOODMetric:
         """ROC (``fpr``, ``tpr``, ``thresholds``) and PR (``precision``, ``recall``,
         ``thresholds``) arrays, thresholds descending; see :func:`ood_bench.metrics.curve.curves`.
         """
-        return _curves(self._score_counts())
-
-    def _score_counts(self) -> ScoreCounts:
-        return self._counts.counts()
+        return _curves(self._counts.counts())
 
     def pool_sizes(self) -> tuple[int, int]:
         """``(n_pos, n_neg)`` of the pool so far, without computing the metrics."""
