@@ -195,6 +195,8 @@ class BinnedCounts:
     ASIDE = 1 << 10
     #: While fewer pixels were counted, no bin count can overflow int32.
     NARROW_LIMIT = 1 << 31
+    #: Most positives' storage indices held back before they are counted (see ``_hold``).
+    PENDING = 1 << 18
 
     def __init__(self, max_bytes: int) -> None:
         self.capacity = (int(max_bytes) - self._DIRECTORY_BYTES) // 16
@@ -206,10 +208,13 @@ class BinnedCounts:
         # Pages without bins point to the trash bin (storage index ``capacity``) with shift 16,
         # so the per-pixel path needs no branch: their pixels are set aside (see add_scores).
         self._offset = np.full(self.N_PAGES, self.capacity, dtype=np.intp)
-        self._shift = np.full(self.N_PAGES, self.PAGE_BITS, dtype=np.uint16)
+        # uint32 like the keys' low halves, so the per-pixel shift is one contiguous uint32 op
+        self._shift = np.full(self.N_PAGES, self.PAGE_BITS, dtype=np.uint32)
         self._used = 0
         self._seen_total = self._seen_pos = 0  # pixels counted so far (shares of new pages)
         self._buffers: tuple[np.ndarray, ...] | None = None  # see _scratch
+        self._pending: list[np.ndarray] = []  # see _hold
+        self._pending_size = 0
         self._allocate_storage(np.int32)
 
     def _allocate_storage(self, dtype: type) -> None:
@@ -221,7 +226,31 @@ class BinnedCounts:
         """Widen the counts to int64 before the pixel count reaches ``NARROW_LIMIT`` (called
         after ``_seen_total`` was raised by the pixels about to be counted)."""
         if self._bins.dtype != np.int64 and self._seen_total >= self.NARROW_LIMIT:
+            self._flush()
             self._bins, self._pos = self._bins.astype(np.int64), self._pos.astype(np.int64)
+
+    def _hold(self, index: np.ndarray) -> None:
+        """Count one positive at each storage ``index`` later, with many others.
+
+        The positives' increments, done right after the per-pixel ones of the totals, each miss
+        the caches and TLB those evicted; done apart, a batch at a time, they cost a few times
+        less. Held indices stay valid until a re-layout, which flushes them first, as does
+        every reader of the positive counts. At most ``PENDING`` are held (and only while the
+        counts are int32: the budget's room for int64 counts holds them).
+        """
+        self._pending.append(index)
+        self._pending_size += index.size
+        if self._pending_size >= (min(self.PENDING, self.capacity // 2)
+                                  if self._pos.dtype == np.int32 else 0):
+            self._flush()
+
+    def _flush(self) -> None:
+        """Count the held positives (those of pages without bins went to the trash bin)."""
+        one = self._pos.dtype.type(1)
+        for index in self._pending:
+            np.add.at(self._pos, index, one)
+        self._pos[-1] = 0
+        self._pending, self._pending_size = [], 0
 
     def _read(self, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Totals and positives (int64) of the bins at storage ``index``."""
@@ -241,7 +270,8 @@ class BinnedCounts:
 
     @property
     def nbytes(self) -> int:
-        return self._DIRECTORY_BYTES + 2 * self._bins.itemsize * self._used
+        held = self._pending_size * np.dtype(np.intp).itemsize
+        return self._DIRECTORY_BYTES + 2 * self._bins.itemsize * self._used + held
 
     def add_scores(self, scores: np.ndarray, positive: np.ndarray) -> None:
         """Count validated scores (float16/32/64); float64 is rounded to float32 first.
@@ -285,11 +315,11 @@ class BinnedCounts:
                 part = rounded
             scratch = self._scratch(part.size)
             keys = float32_keys(part, scratch[:2])
-            pages, low = self._split(keys, out=scratch[2])
+            pages, low = self._split(keys, out=(scratch[2], scratch[4]))
             offsets = np.take(self._offset, pages, out=scratch[3], mode="clip")  # pages < 2**16
-            index = self._count(pages, low, offsets, hit, shifts=scratch[4])
+            index = self._count(pages, low, offsets, hit, shifts=scratch[5])
             if self._bins[-1]:  # pixels of pages without bins went to the trash bin
-                self._bins[-1] = self._pos[-1] = 0
+                self._bins[-1] = 0
                 missing = index == self.capacity
                 if not allocate or np.count_nonzero(missing) <= self.ASIDE:
                     aside.append((keys[missing], hit[missing]))
@@ -301,37 +331,33 @@ class BinnedCounts:
     def _scratch(self, size: int) -> tuple[np.ndarray, ...]:
         """Buffers for the temporaries of a slice of ``size`` pixels (reused by every slice:
         no fresh memory per slice): float32 and uint32 keys, intp pages and storage indices,
-        uint16 shifts."""
+        uint32 keys within the page and shifted keys within the page."""
         if self._buffers is None or self._buffers[0].size < size:
             room = max(size, self.SLICE)
             self._buffers = (np.empty(room, np.float32), np.empty(room, np.uint32),
                              np.empty(room, np.intp), np.empty(room, np.intp),
-                             np.empty(room, np.uint16))
+                             np.empty(room, np.uint32), np.empty(room, np.uint32))
         return tuple(buffer[:size] for buffer in self._buffers)
 
     def _count(self, pages: np.ndarray, low: np.ndarray, offsets: np.ndarray,
                hit: np.ndarray, shifts: np.ndarray | None = None) -> np.ndarray:
         """Add one to the bin of every key (given split); return the storage indices
         (``offsets``, reused; the trash bin for pages without bins). ``shifts``: an optional
-        uint16 buffer of the keys' size."""
+        uint32 buffer of the keys' size."""
         index = self._storage_index(pages, low, offsets, shifts)
         one = self._bins.dtype.type(1)  # a scalar of the storage dtype: np.add.at's fast path
         np.add.at(self._bins, index, one)
-        np.add.at(self._pos, np.compress(hit, index), one)  # faster than a mask for few hits
+        self._hold(np.compress(hit, index))  # faster than a mask for few hits
         return index
 
-    _HIGH = slice(1, None, 2) if np.little_endian else slice(0, None, 2)
-    _LOW = slice(0, None, 2) if np.little_endian else slice(1, None, 2)
-
-    def _split(self, keys: np.ndarray, out: np.ndarray | None = None
+    def _split(self, keys: np.ndarray, out: tuple[np.ndarray, np.ndarray] | None = None
                ) -> tuple[np.ndarray, np.ndarray]:
-        """Page (high 16 bits, as intp; into the intp buffer ``out`` if given) and key within
-        the page (low 16 bits: a uint16 view, no arithmetic) of uint32 keys."""
-        halves = keys.view(np.uint16)
-        if out is None:
-            return halves[self._HIGH].astype(np.intp), halves[self._LOW]
-        np.copyto(out, halves[self._HIGH])
-        return out, halves[self._LOW]
+        """Page (high 16 bits, intp) and key within the page (low 16 bits, uint32) of uint32
+        keys; into the intp and uint32 buffers ``out`` if given. Contiguous arithmetic: faster
+        than strided uint16 views of the halves."""
+        pages, low = (np.empty(keys.size, np.intp), None) if out is None else out
+        np.right_shift(keys, self.PAGE_BITS, out=pages, casting="unsafe")  # < 2**16: fits
+        return pages, np.bitwise_and(keys, np.uint32(self.N_PAGES - 1), out=low)
 
     def add_bins(self, keys: np.ndarray, shifts: np.ndarray, total: np.ndarray,
                  pos: np.ndarray) -> None:
@@ -357,9 +383,9 @@ class BinnedCounts:
     def _storage_index(self, pages: np.ndarray, low: np.ndarray, offsets: np.ndarray,
                        shifts: np.ndarray | None = None):
         """Storage index of each key: its page's offset + (its key within the page ``low`` >>
-        the page's shift); reuses ``offsets`` (``take(self._offset, pages)``) and the uint16
+        the page's shift); reuses ``offsets`` (``take(self._offset, pages)``) and the uint32
         buffer ``shifts`` if given."""
-        if shifts is None:  # any integer ``low`` (uint16 in the per-pixel path)
+        if shifts is None:  # any integer ``low`` (uint32 in the per-pixel path)
             offsets += np.right_shift(low, np.take(self._shift, pages))
         else:
             np.take(self._shift, pages, out=shifts, mode="clip")  # pages < 2**16
@@ -421,6 +447,7 @@ class BinnedCounts:
         The new storage is in key order; the stored bins are carried over page by page (see
         ``_carry_over``), never re-added one by one.
         """
+        self._flush()
         old_pages, old_offsets, old_shifts, _ = self._pages_by_storage()
         old_bins, old_pos = self._bins, self._pos
         self._bins = self._pos = None
@@ -469,6 +496,7 @@ class BinnedCounts:
         (its per-page sums and resolutions decide the layout the same way) without listing
         its bins one by one."""
         self.rounded = self.rounded or other.rounded
+        other._flush()
         pages, offsets, shifts, _ = other._pages_by_storage()
         if not pages.size:
             return
@@ -557,6 +585,7 @@ class BinnedCounts:
 
     def bins(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Non-empty bins in key order: lowest key (uint32), shift (uint8), totals, positives."""
+        self._flush()
         index = self._nonempty()
         layout = self._pages_by_storage()
         keys, shifts = self._stored_keys(index, layout)
@@ -595,6 +624,7 @@ class BinnedCounts:
         """
         if self._used == 0:
             return
+        self._flush()
         pages = np.flatnonzero(self._allocated())  # key order
         offsets, shifts = self._offset[pages], self._shift[pages].astype(np.intp)
         sizes = 1 << (self.PAGE_BITS - shifts)
