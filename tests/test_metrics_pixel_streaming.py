@@ -259,3 +259,30 @@ def test_streamed_summary_checks_the_pool_sizes():
         summarize_blocks([counts], 0, 3, "first")
     with pytest.raises(ValueError, match="expected 3 and 3"):
         summarize_blocks([counts], 3, 3, "first")
+
+
+@pytest.mark.parametrize("pending", [1, 700, 10**9])
+def test_held_positives_give_the_counts_of_immediate_ones(monkeypatch, pending):
+    # Positives are counted in held-back batches; every reader and every re-layout flushes them
+    # first. Updates, page-by-page merges, re-layouts (a small budget), the int64 widening and
+    # a state dict round trip must give the bins and metrics of counting each at once.
+    def run(hold):
+        monkeypatch.setattr(BinnedCounts, "PENDING", hold)
+        monkeypatch.setattr(BinnedCounts, "NARROW_LIMIT", 60_000)
+        rng = np.random.default_rng(11)
+        metric = PixelOODMetric(max_state_bytes=SMALLEST_BUDGET)
+        for step in range(5):
+            scores, labels = _spread_pool(int(rng.integers(5_000, 25_000)), 20 + step)
+            if step == 2:
+                other = _streamed(scores, labels, 3_000, 3 * 2**20)
+                metric.merge(other)
+            else:
+                metric.update(scores, labels)
+        copy = PixelOODMetric(max_state_bytes=SMALLEST_BUDGET)
+        copy.load_state_dict(metric.state_dict())
+        return metric._counts.bins(), metric.compute(), copy.compute(), metric._counts
+    held, immediate = run(pending), run(0)
+    for ours, theirs in zip(held[0], immediate[0], strict=True):
+        np.testing.assert_array_equal(ours, theirs)
+    assert held[1:3] == immediate[1:3]
+    assert held[3]._bins.dtype == np.int64 and not held[3].lossless  # widened and coarsened

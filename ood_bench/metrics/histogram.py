@@ -226,7 +226,6 @@ class BinnedCounts:
         """Widen the counts to int64 before the pixel count reaches ``NARROW_LIMIT`` (called
         after ``_seen_total`` was raised by the pixels about to be counted)."""
         if self._bins.dtype != np.int64 and self._seen_total >= self.NARROW_LIMIT:
-            self._flush()
             self._bins, self._pos = self._bins.astype(np.int64), self._pos.astype(np.int64)
 
     def _hold(self, index: np.ndarray) -> None:
