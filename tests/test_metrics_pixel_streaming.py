@@ -286,3 +286,21 @@ def test_held_positives_give_the_counts_of_immediate_ones(monkeypatch, pending):
         np.testing.assert_array_equal(ours, theirs)
     assert held[1:3] == immediate[1:3]
     assert held[3]._bins.dtype == np.int64 and not held[3].lossless  # widened and coarsened
+
+
+@pytest.mark.parametrize("size", [0, 3, 4096, 4097, 100_000])
+def test_page_sums_by_sort_and_by_directory_agree_with_a_dict(size):
+    # Few entries are summed after a sort, many over the page directory (4096 is the switch).
+    rng = np.random.default_rng(size)
+    pages = rng.integers(0, 1 << 16, size) // rng.integers(1, 5000, size).clip(1)
+    total = rng.integers(1, 9, size)
+    hit = rng.random(size) < 0.3
+    distinct, page_total, page_pos = BinnedCounts(SMALLEST_BUDGET)._page_sums(pages, total, hit)
+    expected: dict[int, list[int]] = {}
+    for page, weight, positive in zip(pages.tolist(), total.tolist(), hit.tolist(), strict=True):
+        sums = expected.setdefault(page, [0, 0])
+        sums[0] += weight
+        sums[1] += positive
+    assert distinct.tolist() == sorted(expected)
+    assert page_total.tolist() == [expected[page][0] for page in sorted(expected)]
+    assert page_pos.tolist() == [expected[page][1] for page in sorted(expected)]

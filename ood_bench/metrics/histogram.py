@@ -292,7 +292,7 @@ class BinnedCounts:
         if aside:
             pages, low = self._split(np.concatenate([part for part, _ in aside]))
             hit = np.concatenate([part for _, part in aside])
-            self._make_room(pages, 1, pages[hit], 1, None)  # none of these pages has bins
+            self._make_room(pages, 1, hit, None)  # none of these pages has bins
             self._count(pages, low, np.take(self._offset, pages), hit)
 
     def _count_slices(self, scores: np.ndarray, positive: np.ndarray, starts: range,
@@ -319,12 +319,12 @@ class BinnedCounts:
             index = self._count(pages, low, offsets, hit, shifts=scratch[5])
             if self._bins[-1]:  # pixels of pages without bins went to the trash bin
                 self._bins[-1] = 0
-                missing = index == self.capacity
-                if not allocate or np.count_nonzero(missing) <= self.ASIDE:
+                missing = np.flatnonzero(index == self.capacity)  # usually a few pixels
+                if not allocate or missing.size <= self.ASIDE:
                     aside.append((keys[missing], hit[missing]))
                 else:  # many new pages (a first update): make room now, then count them
                     pages, low, hit = pages[missing], low[missing], hit[missing]
-                    self._make_room(pages, 1, pages[hit], 1, None)
+                    self._make_room(pages, 1, hit, None)
                     self._count(pages, low, np.take(self._offset, pages), hit)
 
     def _scratch(self, size: int) -> tuple[np.ndarray, ...]:
@@ -372,8 +372,7 @@ class BinnedCounts:
         if offsets.size and (offsets.max() == self.capacity
                              or (required > self._shift)[self._allocated()].any()):
             missing = offsets == self.capacity
-            self._make_room(pages[missing], total[missing], pages[missing], pos[missing],
-                            required)
+            self._make_room(pages[missing], total[missing], pos[missing], required)
             offsets = np.take(self._offset, pages)
         index = self._storage_index(pages, keys & (self.N_PAGES - 1), offsets)
         np.add.at(self._bins, index, total.astype(self._bins.dtype))
@@ -391,17 +390,13 @@ class BinnedCounts:
             offsets += np.right_shift(low, shifts, out=shifts)
         return offsets
 
-    def _make_room(self, pages, total, pos_pages, pos, required) -> None:
-        """Allocate ``pages`` (pages of the new pixels or bins with weights ``total``, and of
-        the positives with ``pos``), re-laying out every page when the budget or a coarser
-        ``required`` resolution demands it. A new page's share is taken of all pixels so far.
+    def _make_room(self, pages, total, pos, required) -> None:
+        """Allocate ``pages`` (pages of the new pixels or bins, with weights ``total`` and
+        positives ``pos``: arrays like ``pages`` or scalars), re-laying out every page when the
+        budget or a coarser ``required`` resolution demands it. A new page's share is taken of
+        all pixels so far.
         """
-        # Per-page sums by bincount over the page directory (no sort of the pixels' pages).
-        new_pages = np.flatnonzero(np.bincount(pages, minlength=self.N_PAGES))  # may be empty
-        new_total = np.bincount(pages, np.broadcast_to(total, pages.shape),
-                                self.N_PAGES)[new_pages]
-        new_pos = np.bincount(pos_pages, np.broadcast_to(pos, pos_pages.shape),
-                              self.N_PAGES)[new_pages]
+        new_pages, new_total, new_pos = self._page_sums(pages, total, pos)
         share = self._share(new_total, new_pos, self._seen_total, self._seen_pos)
         if required is None:  # only new pages: full resolution while it fits, else by share
             shifts = np.zeros(new_pages.size, dtype=np.intp)
@@ -422,6 +417,21 @@ class BinnedCounts:
         if required is None:
             floor = np.where(self._allocated(), self._shift, 0)  # bins are never split
         self._relayout(new_pages, new_total, new_pos, floor)
+
+    def _page_sums(self, pages: np.ndarray, *weights) -> tuple[np.ndarray, ...]:
+        """The distinct ``pages`` (ascending) and, per weight, its float sum over each.
+
+        Many entries (a first update, another state's bins) are summed over the whole page
+        directory, which needs no sort; a few (pixels of new pages in a later update) are
+        sorted, as directory-sized sums would cost far more than they do.
+        """
+        if pages.size > self.N_PAGES >> 4:
+            distinct = np.flatnonzero(np.bincount(pages, minlength=self.N_PAGES))
+            return distinct, *(np.bincount(pages, np.broadcast_to(weight, pages.shape),
+                                           self.N_PAGES)[distinct] for weight in weights)
+        distinct, inverse = np.unique(pages, return_inverse=True)
+        return distinct, *(np.bincount(inverse, np.broadcast_to(weight, pages.shape),
+                                       distinct.size) for weight in weights)
 
     @staticmethod
     def _share(total, pos, all_total, all_pos) -> np.ndarray:
@@ -515,8 +525,7 @@ class BinnedCounts:
         targets = self._offset[pages]
         if targets.max() == self.capacity or (required > self._shift)[self._allocated()].any():
             missing = targets == self.capacity
-            self._make_room(pages[missing], total[missing], pages[missing], pos[missing],
-                            required)
+            self._make_room(pages[missing], total[missing], pos[missing], required)
             targets = self._offset[pages]
         self._move_pages(offsets, targets, shifts, pages, other._bins, other._pos, add=True)
 
