@@ -232,10 +232,11 @@ class BinnedCounts:
         """Count one positive at each storage ``index`` later, with many others.
 
         The positives' increments, done right after the per-pixel ones of the totals, each miss
-        the caches and TLB those evicted; done apart, a batch at a time, they cost a few times
-        less. Held indices stay valid until a re-layout, which flushes them first, as does
-        every reader of the positive counts. At most ``PENDING`` are held (and only while the
-        counts are int32: the budget's room for int64 counts holds them).
+        the caches and TLB those evicted; done apart, a batch at a time, they cost about half
+        (33 instead of about 60 ms for the 1e6 positives of 5e7 pixels). Held indices stay
+        valid until a re-layout, which flushes them first, as does every reader of the
+        positive counts. At most ``PENDING`` are held (and only while the counts are int32:
+        the budget's room for int64 counts holds them).
         """
         self._pending.append(index)
         self._pending_size += index.size
