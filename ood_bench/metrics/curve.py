@@ -3,10 +3,12 @@
 Exact and binned metrics both reduce the pooled pixels to :class:`ScoreCounts`: distinct
 thresholds (ascending) with the number of positive (OOD) and negative (in-distribution) pixels
 at each. Everything else -- AUROC, AP, the three FPR@95 conventions, plotting curves and the
-certified error bounds of binned counts -- is computed here from those counts, once.
+certified error bounds of binned counts -- is computed here from those counts, once, in one
+streaming pass (:func:`summarize_blocks`) that takes the counts a block at a time.
 
 For binned counts each threshold stands for a bin of scores whose internal order is unknown;
-:func:`error_bounds` bounds how far each metric can be from its value on the exact scores.
+the ``error_bound`` of :func:`summarize_blocks` bounds how far each metric can be from its value
+on the exact scores.
 """
 
 from __future__ import annotations
@@ -339,7 +341,10 @@ def summarize_blocks(blocks: Iterable[ScoreCounts], n_pos: int, n_neg: int, fpr_
     """:func:`summarize` of counts that arrive in ``blocks`` (highest thresholds first, each
     ascending inside) holding ``n_pos`` positives and ``n_neg`` negatives in all.
 
-    One pass over fixed chunks of the points (so the float sums do not depend on the blocks);
+    AUROC is the trapezoid area with ties counted half (= ``roc_auc_score``), AP the step sum of
+    precision over recall increments (= ``average_precision_score``), FPR@95 per
+    :func:`fpr_at_95`. One pass over fixed chunks of the points (so the float sums do not depend
+    on the blocks);
     nothing of the size of the curve is held: the sums carry the cumulative counts from chunk
     to chunk and FPR@95 reads a window of points around its level.
     """

@@ -181,8 +181,8 @@ class BinnedCounts:
     fewer cache and TLB misses), two int64 (16 bytes) after that; the bin budget assumes 16
     bytes, so both fit, and the zeroed buffers are mapped by the OS only where bins are used.
     Storage is in key order except for pages appended after the last re-layout (key-ordered
-    runs); ``counts()`` works on it as laid out. Coarsening is the only loss, and
-    ``curve.error_bounds`` certifies it.
+    runs); ``blocks()`` reads it in key order. Coarsening is the only loss, and the
+    ``error_bound`` of ``curve.summarize_blocks`` certifies it.
     """
 
     PAGE_BITS = 16
