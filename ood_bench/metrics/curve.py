@@ -344,9 +344,8 @@ def summarize_blocks(blocks: Iterable[ScoreCounts], n_pos: int, n_neg: int, fpr_
     AUROC is the trapezoid area with ties counted half (= ``roc_auc_score``), AP the step sum of
     precision over recall increments (= ``average_precision_score``), FPR@95 per
     :func:`fpr_at_95`. One pass over fixed chunks of the points (so the float sums do not depend
-    on the blocks);
-    nothing of the size of the curve is held: the sums carry the cumulative counts from chunk
-    to chunk and FPR@95 reads a window of points around its level.
+    on the blocks); nothing of the size of the curve is held: the sums carry the cumulative
+    counts from chunk to chunk and FPR@95 reads a window of points around its level.
     """
     check_fpr_at(fpr_at)
     _check_pool(n_pos, n_neg)
